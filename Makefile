@@ -1,0 +1,58 @@
+# The study kit's jobs. `make book` and `make test` are the two that matter; both set up
+# .venv first (once: a second run installs nothing).
+SHELL       := /bin/bash
+PYTHON      ?= $(shell command -v python3.11 || command -v python3)
+VENV        := .venv
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.kit-installed
+WIDGETS_JS  := book/_static/widgets/embed-amd.js
+KIT_PROFILE ?= auto
+export KIT_PROFILE
+
+.PHONY: setup book test lab study bench clean-book help
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make book   - set up .venv, re-execute stale notebooks, build the HTML book"
+	@echo "make test   - set up .venv, unit tests + every notebook under nbval at the smoke profile"
+	@echo "make lab    - JupyterLab on the notebooks"
+	@echo "make study  - execute every notebook at the gpu profile and record results"
+	@echo "make bench  - run the benchmark scripts"
+
+setup: $(STAMP)
+
+# Installs the exact pins from the lock file, then the kit itself (editable, no deps).
+# The stamp is newer than both inputs after a successful install, so a second run does nothing.
+$(STAMP): requirements-lock.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -r requirements-lock.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+# The widget JavaScript the static book needs, vendored from the npm registry (no CDN at read time).
+$(WIDGETS_JS):
+	@mkdir -p .cache/npm book/_static/widgets
+	npm install --silent --no-audit --no-fund --prefix .cache/npm @jupyter-widgets/html-manager@1.0.6 requirejs@2.3.4
+	cp .cache/npm/node_modules/requirejs/require.js book/_static/widgets/require.js
+	cp .cache/npm/node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js $(WIDGETS_JS)
+
+book: $(STAMP) $(WIDGETS_JS)
+	$(BIN)/python -m kit.book.execute --profile $(KIT_PROFILE)
+	$(BIN)/python -m kit.book.pages
+	$(BIN)/jupyter-book build book/_generated --path-output book --quiet
+	@echo "Book: $(CURDIR)/book/_build/html/index.html"
+
+test: $(STAMP)
+	KIT_PROFILE=smoke $(BIN)/python -m pytest tests notebooks --nbval-lax -q
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --allow-root --notebook-dir=notebooks
+
+study: $(STAMP)
+	KIT_PROFILE=gpu $(BIN)/python -m kit.book.execute --profile gpu --all
+
+bench: $(STAMP)
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean-book:
+	rm -rf book/_build book/_generated

@@ -1,0 +1,1 @@
+"""Book tooling: notebook execution with provenance, and generated book pages."""

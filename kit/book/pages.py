@@ -1,0 +1,186 @@
+"""Generate the book's source tree under ``book/_generated/`` from what is in the repository.
+
+    python -m kit.book.pages
+
+* the hand-written pages and config in ``book/`` are copied;
+* one page per chapter lists that chapter's papers (from ``kit/papers.tsv``), linking the
+  ones that have a notebook and marking the others as not yet written;
+* every notebook in ``notebooks/<chapter>/`` is copied with a banner cell saying at which
+  profile, on which device and when it was executed, and whether it is stale;
+* the scoreboard page is built from ``results/<profile>/*.json``;
+* ``_toc.yml`` ties them together.
+
+Nothing is executed here: the book is rendered from the notebooks' stored outputs.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from kit import paths
+from kit.book import provenance
+
+CHAPTERS = {  # chapter id -> (title, one-line description), in book order
+    "dense-detection": ("Dense detection and label assignment",
+                        "One-stage detectors and the rules that decide which locations learn which object."),
+    "attention": ("Deformable convolution and attention",
+                  "Where a network looks: deformable sampling, deformable kernels, attention."),
+    "two-stage": ("Two-stage detectors", "Region proposals, light heads and detection backbones."),
+    "long-tail": ("Long-tailed recognition", "Learning rare classes next to frequent ones."),
+    "segmentation": ("Segmentation", "Dense labelling: routing, filtering and searched losses."),
+    "nas": ("Architecture search", "Searching cells, stages and sub-networks."),
+    "video": ("Video", "Temporal modelling and video object detection."),
+    "vision-language": ("Vision and language", "Joint image-text and video-sentence representations."),
+    "retrieval": ("Set retrieval", "Embedding sets of faces for retrieval and recognition."),
+    "training": ("Training methods", "Normalisation, low-precision training, contrastive rules, adaptation."),
+    "systems": ("Systems", "Compilers and large-scale training."),
+}
+
+
+def read_papers(path: Path | None = None) -> list[dict]:
+    """The paper list (id, arxiv, short, title_or_topic, seed_file, chapter)."""
+    path = Path(path) if path is not None else paths.root() / "kit" / "papers.tsv"
+    with path.open(newline="") as handle:
+        papers = list(csv.DictReader(handle, delimiter="\t"))
+    unknown = sorted({p["chapter"] for p in papers} - set(CHAPTERS))
+    if unknown:
+        raise ValueError(f"papers.tsv names chapters the book does not know: {unknown}")
+    return papers
+
+
+def notebook_for(paper: dict, root: Path) -> Path | None:
+    """``notebooks/<chapter>/<id>_<short>.ipynb`` (id lower-case), if it exists."""
+    path = root / "notebooks" / paper["chapter"] / f"{paper['id'].lower()}_{paper['short'].replace('-', '_')}.ipynb"
+    return path if path.exists() else None
+
+
+def banner(notebook: dict, root: Path | None = None) -> str:
+    """The Markdown banner put under a notebook's title in the book."""
+    meta = notebook.get("metadata", {}).get("kit")
+    if not meta:
+        return "```{warning}\nThis page has never been executed by the kit; it shows no results.\n```"
+    state = provenance.status(notebook, meta["profile"], root)
+    text = (f"Executed at the **{meta['profile']}** profile on {meta['device']}, {meta['executed_at']}, "
+            f"in {meta['wall_seconds']:.0f} s (torch {meta['torch']}).")
+    if meta["profile"] != "gpu":
+        text += " The gpu profile (`make study`) runs the study at full scale with more seeds."
+    if state.needs_run:
+        return f"```{{warning}}\n{text} **Stale:** {'; '.join(state.reasons)}; run `make book` to refresh it.\n```"
+    return f"```{{note}}\n{text}\n```"
+
+
+def copy_notebook(source: Path, target: Path, root: Path | None = None) -> None:
+    notebook = json.loads(source.read_text())
+    shown = copy.deepcopy(notebook)
+    cell = {"cell_type": "markdown", "metadata": {}, "source": banner(notebook, root)}
+    shown["cells"].insert(1 if shown["cells"] else 0, cell)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(shown, indent=1))
+
+
+def chapter_page(chapter: str, papers: list[dict], root: Path) -> str:
+    title, description = CHAPTERS[chapter]
+    lines = [f"# {title}", "", description, "", "| paper | arXiv | notebook |", "| --- | --- | --- |"]
+    for paper in papers:
+        nb = notebook_for(paper, root)
+        link = f"[{paper['id']} · open the notebook](../notebooks/{chapter}/{nb.stem}.ipynb)" if nb else "*not yet written*"
+        arxiv = f"[{paper['arxiv']}](https://arxiv.org/abs/{paper['arxiv']})"
+        lines.append(f"| **{paper['id']}** {paper['title_or_topic']} | {arxiv} | {link} |")
+    written = sum(1 for p in papers if notebook_for(p, root))
+    lines += ["", f"{written} of {len(papers)} papers in this chapter have a notebook so far."]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(summary: dict, scale: float) -> str:
+    mean, std, n = summary["mean"] * scale, summary["std"] * scale, len(summary["values"])
+    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+
+
+def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
+    """One row per paper with results: the best profile's record (gpu, else cpu; never smoke)."""
+    by_paper = {}
+    for rec in records:
+        if rec["profile"] == "smoke":
+            continue
+        best = by_paper.get(rec["paper"])
+        if best is None or provenance.PROFILE_RANK[rec["profile"]] > provenance.PROFILE_RANK[best["profile"]]:
+            by_paper[rec["paper"]] = rec
+    lines = ["# Scoreboard", "",
+             "Every notebook records its results under `results/<profile>/`. This page shows, per paper, "
+             "the claim we tested, our numbers (mean ± std over seeds where several ran; metrics in %), "
+             "the paper's numbers, our verdict, where it ran, and whether the executed page is still "
+             "up to date with the code. Numbers from the cpu profile come from a reduced-scale run on "
+             "a laptop-class CPU: they test the direction of a claim, not its size.", "",
+             "| paper | claim | ours | paper's numbers | verdict | ran at | page |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    titles = {p["id"]: p for p in papers}
+    for paper_id in sorted(by_paper):
+        rec = by_paper[paper_id]
+        paper = titles.get(paper_id, {"short": paper_id, "chapter": ""})
+        metric = rec["headline"]
+        ours = "<br>".join(f"{method}: {_fmt(m[metric], 100 if rec.get('percent', True) else 1)} {metric}"
+                           for method, m in rec["metrics"].items())
+        theirs = "<br>".join(f"{k}: {v}" for k, v in rec["paper_numbers"].items())
+        nb = notebook_for(paper, root) if "chapter" in paper and paper["chapter"] else None
+        if nb is None:
+            page = "no notebook"
+        else:
+            state = provenance.status(json.loads(nb.read_text()), rec["profile"], root)
+            link = f"[{paper['short']}](notebooks/{paper['chapter']}/{nb.stem}.ipynb)"
+            page = f"{link} {'(stale)' if state.needs_run else '(up to date)'}"
+        lines.append(f"| **{paper_id}** {paper.get('short', '')} | {rec['claim']} | {ours} | {theirs} | "
+                     f"**{rec['verdict']}** | {rec['profile']}, {rec['device']}, {rec['wall_seconds']:.0f} s | {page} |")
+    if not by_paper:
+        lines.append("| — | no results recorded yet | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def toc(chapters_with_notebooks: dict[str, list[str]]) -> str:
+    lines = ["format: jb-book", "root: intro", "parts:", "- caption: Using the kit", "  chapters:",
+             "  - file: scoreboard", "- caption: Papers", "  chapters:"]
+    for chapter, notebooks in chapters_with_notebooks.items():
+        lines.append(f"  - file: chapters/{chapter}")
+        if notebooks:
+            lines.append("    sections:")
+            lines += [f"    - file: {nb}" for nb in notebooks]
+    return "\n".join(lines) + "\n"
+
+
+def build(root: Path | None = None) -> Path:
+    """Write ``book/_generated``; returns its path."""
+    root = Path(root) if root is not None else paths.root()
+    book, out = root / "book", root / "book" / "_generated"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name in ("_config.yml", "intro.md"):
+        shutil.copy2(book / name, out / name)
+    if (book / "_static").exists():
+        shutil.copytree(book / "_static", out / "_static")
+
+    from kit.results import load_all
+
+    papers = read_papers(root / "kit" / "papers.tsv")
+    chapters = {}
+    for chapter in CHAPTERS:
+        members = [p for p in papers if p["chapter"] == chapter]
+        if not members:
+            continue
+        (out / "chapters").mkdir(exist_ok=True)
+        (out / "chapters" / f"{chapter}.md").write_text(chapter_page(chapter, members, root))
+        chapters[chapter] = []
+        for paper in members:
+            nb = notebook_for(paper, root)
+            if nb:
+                copy_notebook(nb, out / "notebooks" / chapter / nb.name, root)
+                chapters[chapter].append(f"notebooks/{chapter}/{nb.stem}")
+    (out / "scoreboard.md").write_text(scoreboard_page(load_all(root / "results"), papers, root))
+    (out / "_toc.yml").write_text(toc(chapters))
+    return out
+
+
+if __name__ == "__main__":
+    print(f"book sources written to {build()}")

@@ -1,0 +1,1 @@
+"""Generated datasets: nothing is ever downloaded. See :mod:`kit.data.shapes`."""

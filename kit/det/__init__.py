@@ -1,0 +1,1 @@
+"""Dense detection: boxes, priors, assigners, losses, heads and post-processing."""

@@ -1,0 +1,187 @@
+"""Label assigners: which priors are positives for which object.
+
+Three rules, each per image, each returning for every prior the index of its object
+(``-1`` for a negative) and one quality number:
+
+* :func:`max_iou_assign` — RetinaNet / Faster R-CNN: IoU of a prior's anchor box with the
+  objects against fixed thresholds.
+* :func:`atss_assign` — ATSS (Zhang et al., CVPR 2020, arXiv 1912.02424): per level the k
+  priors nearest to the object's centre are candidates; the IoU threshold is the mean plus
+  the standard deviation of the candidates' IoUs.
+* :func:`task_aligned_assign` — TOOD's Task Alignment Learning (Feng et al., ICCV 2021,
+  arXiv 2108.07755): rank priors by ``t = s^alpha * u^beta``, the classification score ``s``
+  of the object's class times the IoU ``u`` of the predicted box, over all levels together.
+
+All three follow mmdetection (``MaxIoUAssigner``, ``ATSSAssigner``, ``TaskAlignedAssigner``),
+including the order of their steps and how a prior claimed by several objects is resolved
+(the object with the highest IoU wins; on an exact tie, the lowest object index).
+"""
+from __future__ import annotations
+
+import torch
+
+from kit.det.boxes import box_iou, centers, points_inside
+
+_NEG_INF = float("-inf")
+
+
+def _check(name: str, tensor: torch.Tensor, shape: tuple) -> None:
+    """Shape check: ``shape`` holds ints (exact) and None (any)."""
+    ok = tensor.dim() == len(shape) and all(s is None or s == t for s, t in zip(shape, tensor.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(tensor.shape)}")
+
+
+def _resolve_by_iou(candidate_pos: torch.Tensor, ious: torch.Tensor):
+    """Give each prior to the positive object with the highest IoU.
+
+    candidate_pos: (N, M) bool, prior n is a positive candidate for object m; ious: (N, M).
+    Returns assigned (N,) with -1 for none, and the winning IoU (N,) (0 for none).
+    """
+    masked = torch.where(candidate_pos, ious, torch.full_like(ious, _NEG_INF))
+    best_iou, best_gt = masked.max(dim=1)  # ties -> first (lowest) object index
+    positive = best_iou > _NEG_INF
+    assigned = torch.where(positive, best_gt, torch.full_like(best_gt, -1))
+    return assigned, torch.where(positive, best_iou, torch.zeros_like(best_iou))
+
+
+def max_iou_assign(anchors: torch.Tensor, gt_boxes: torch.Tensor, pos_iou: float = 0.5,
+                   neg_iou: float = 0.4, min_pos_iou: float = 0.0, match_low_quality: bool = True):
+    """Max-IoU assignment (RetinaNet 0.5/0.4; RPN 0.7/0.3).
+
+    anchors: (N, 4); gt_boxes: (M, 4). Returns ``(assigned, max_iou)``: assigned (N,) is the
+    object index for positives, -1 for negatives (IoU < ``neg_iou``) and -2 for priors in
+    between (ignored by the loss). With ``match_low_quality`` every object also takes the
+    anchors with its highest IoU (if that IoU >= ``min_pos_iou``), as mmdetection does.
+    """
+    _check("anchors", anchors, (None, 4))
+    _check("gt_boxes", gt_boxes, (None, 4))
+    if not 0 <= neg_iou <= pos_iou <= 1:
+        raise ValueError(f"need 0 <= neg_iou <= pos_iou <= 1, got neg_iou={neg_iou}, pos_iou={pos_iou}")
+    n, m = anchors.shape[0], gt_boxes.shape[0]
+    assigned = torch.full((n,), -1, dtype=torch.long, device=anchors.device)
+    if m == 0 or n == 0:
+        return assigned, anchors.new_zeros(n)
+    ious = box_iou(anchors, gt_boxes)  # (N, M)
+    max_iou, argmax = ious.max(dim=1)
+    assigned[(max_iou >= neg_iou) & (max_iou < pos_iou)] = -2
+    positive = max_iou >= pos_iou
+    assigned[positive] = argmax[positive]
+    if match_low_quality:
+        gt_max_iou = ious.max(dim=0).values  # (M,)
+        for gt in range(m):  # later objects overwrite earlier ones, as in mmdetection
+            if gt_max_iou[gt] >= min_pos_iou and gt_max_iou[gt] > 0:
+                assigned[ious[:, gt] == gt_max_iou[gt]] = gt
+    return assigned, max_iou
+
+
+def atss_assign(anchors: torch.Tensor, num_per_level: list[int], gt_boxes: torch.Tensor, topk: int = 9):
+    """Adaptive Training Sample Selection.
+
+    anchors: (N, 4) anchor boxes of all levels concatenated (for point priors: squares of
+    ``anchor_scale * stride`` round each point); num_per_level: priors per level, summing to
+    N; gt_boxes: (M, 4). For each object:
+
+    1. on every level, the ``topk`` priors whose centres are nearest the object's centre are
+       candidates (at most ``topk * levels``);
+    2. the IoU threshold is mean + std (unbiased) of the candidates' IoUs;
+    3. candidates with IoU >= threshold whose centre lies inside the object are positives.
+
+    Returns ``(assigned, iou)``: the object index per prior (-1 negative) and its IoU.
+    """
+    _check("anchors", anchors, (None, 4))
+    _check("gt_boxes", gt_boxes, (None, 4))
+    if sum(num_per_level) != anchors.shape[0]:
+        raise ValueError(f"num_per_level sums to {sum(num_per_level)} but there are {anchors.shape[0]} anchors")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    n, m = anchors.shape[0], gt_boxes.shape[0]
+    if m == 0 or n == 0:
+        return torch.full((n,), -1, dtype=torch.long, device=anchors.device), anchors.new_zeros(n)
+
+    ious = box_iou(anchors, gt_boxes)  # (N, M)
+    anchor_centers = centers(anchors)  # (N, 2)
+    distances = torch.cdist(anchor_centers, centers(gt_boxes))  # (N, M)
+
+    # 1. Candidates: the k nearest priors on every level.
+    candidates, start = [], 0
+    for count in num_per_level:
+        k = min(topk, count)
+        nearest = distances[start:start + count].topk(k, dim=0, largest=False).indices  # (k, M)
+        candidates.append(nearest + start)
+        start += count
+    candidates = torch.cat(candidates)  # (K_total, M)
+    gt_index = torch.arange(m, device=anchors.device)
+    candidate_ious = ious[candidates, gt_index]  # (K_total, M)
+
+    # 2. Adaptive threshold per object; 3. keep candidates above it whose centre is inside.
+    threshold = candidate_ious.mean(0) + candidate_ious.std(0)  # (M,)
+    inside = points_inside(anchor_centers, gt_boxes)  # (N, M)
+    is_pos = (candidate_ious >= threshold) & inside[candidates, gt_index]
+    candidate_pos = torch.zeros((n, m), dtype=torch.bool, device=anchors.device)
+    candidate_pos[candidates[is_pos], gt_index.expand_as(candidates)[is_pos]] = True
+    return _resolve_by_iou(candidate_pos, ious)
+
+
+def alignment_metric(scores: torch.Tensor, ious: torch.Tensor, alpha: float = 1.0,
+                     beta: float = 6.0) -> torch.Tensor:
+    """TOOD's task-alignment metric ``t = s^alpha * u^beta`` (element-wise)."""
+    return scores.pow(alpha) * ious.pow(beta)
+
+
+def task_aligned_assign(scores: torch.Tensor, pred_boxes: torch.Tensor, points: torch.Tensor,
+                        gt_boxes: torch.Tensor, gt_labels: torch.Tensor, topk: int = 13,
+                        alpha: float = 1.0, beta: float = 6.0):
+    """Task-aligned assignment (TOOD's TAL).
+
+    scores: (N, C) class probabilities; pred_boxes: (N, 4) predicted xyxy boxes; points:
+    (N, 2) prior centres; gt_boxes: (M, 4); gt_labels: (M,) in [0, C). Both predictions are
+    treated as constants (the assignment is not differentiated). For each object:
+
+    1. ``t = s^alpha * u^beta`` for every prior, with ``s`` the score of the object's class and
+       ``u`` the IoU of the prior's predicted box with the object;
+    2. the ``min(topk, N)`` priors with the largest ``t`` over *all levels together* are
+       candidates;
+    3. of those, the ones whose centre lies inside the object (by more than 0.01 px) and
+       whose ``t`` is positive are positives; so an object may end with fewer than ``topk``
+       positives, or none;
+    4. a prior that is positive for several objects goes to the one with the highest IoU.
+
+    Returns ``(assigned_gt, alignment)``: the object index of each prior (-1 for negatives)
+    and its metric ``t`` for that object (0 for negatives), both (N,).
+    """
+    _check("scores", scores, (None, None))
+    n, num_classes = scores.shape
+    _check("pred_boxes", pred_boxes, (n, 4))
+    _check("points", points, (n, 2))
+    _check("gt_boxes", gt_boxes, (None, 4))
+    m = gt_boxes.shape[0]
+    _check("gt_labels", gt_labels, (m,))
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    if alpha < 0 or beta < 0:
+        raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+    if m and (gt_labels.min() < 0 or gt_labels.max() >= num_classes):
+        raise ValueError(f"gt_labels must lie in [0, {num_classes}), got {gt_labels.tolist()}")
+    assigned = torch.full((n,), -1, dtype=torch.long, device=scores.device)
+    if m == 0 or n == 0:
+        return assigned, scores.new_zeros(n)
+
+    scores, pred_boxes = scores.detach(), pred_boxes.detach()
+    ious = box_iou(pred_boxes, gt_boxes)  # (N, M)
+    metric = alignment_metric(scores[:, gt_labels], ious, alpha, beta)  # (N, M)
+
+    # 2. Top-k over all priors (every level at once).
+    candidates = metric.topk(min(topk, n), dim=0).indices  # (k, M)
+    gt_index = torch.arange(m, device=scores.device)
+    # 3. Keep candidates with t > 0 whose centre lies inside the object.
+    keep = (metric[candidates, gt_index] > 0) & points_inside(points, gt_boxes)[candidates, gt_index]
+    candidate_pos = torch.zeros((n, m), dtype=torch.bool, device=scores.device)
+    candidate_pos[candidates[keep], gt_index.expand_as(candidates)[keep]] = True
+    # 4. Resolve priors claimed by several objects by IoU; keep that pair's metric.
+    assigned, _ = _resolve_by_iou(candidate_pos, ious)
+    positive = assigned >= 0
+    alignment = torch.zeros(n, dtype=metric.dtype, device=scores.device)
+    alignment[positive] = metric[positive.nonzero().flatten(), assigned[positive]]
+    return assigned, alignment

@@ -1,0 +1,101 @@
+"""The ATSS detector head and loss: the baseline of the dense-detection chapter.
+
+ATSS (Zhang et al., CVPR 2020, arXiv 1912.02424) keeps the classic head — separate
+classification and regression towers — and changes only the label assignment
+(:func:`kit.det.assigners.atss_assign`). We use its anchor-free form: one point per
+location, boxes as ltrb distances (``exp`` then a per-level :class:`Scale`, in stride units),
+a centre-ness branch on the regression tower, and mmdetection's ATSS losses:
+
+* classification: sigmoid focal loss on logits (alpha 0.25, gamma 2), / number of positives;
+* boxes: GIoU weighted by each positive's centre-ness target (weight 2.0),
+  / sum of those targets;
+* centre-ness: BCE with logits against the centre-ness target, / number of positives.
+
+At test time the score is ``sigmoid(cls) * sigmoid(centerness)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kit.det.assigners import atss_assign
+from kit.det.boxes import centerness_target
+from kit.det.detector import DenseOutput, Scale, gather_targets, pad_targets
+from kit.det.losses import giou_loss, one_hot, sigmoid_focal_loss
+
+
+def conv_gn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 conv + GroupNorm (8 channels a group) + ReLU, the unit of every head tower."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.GroupNorm(max(1, out_channels // 8), out_channels), nn.ReLU(inplace=True))
+
+
+def prior_bias(probability: float = 0.01) -> float:
+    """Bias that makes a sigmoid output ``probability`` at init (RetinaNet's prior)."""
+    return -math.log((1 - probability) / probability)
+
+
+class ATSSHead(nn.Module):
+    """Two towers of ``stacked_convs`` conv-GN-ReLU, then cls (C), box (4) and centre-ness (1)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 64, feat_channels: int = 64,
+                 stacked_convs: int = 2, num_levels: int = 3):
+        super().__init__()
+        self.num_classes = num_classes
+        self.cls_tower = nn.Sequential(*[conv_gn_relu(in_channels if i == 0 else feat_channels, feat_channels)
+                                         for i in range(stacked_convs)])
+        self.reg_tower = nn.Sequential(*[conv_gn_relu(in_channels if i == 0 else feat_channels, feat_channels)
+                                         for i in range(stacked_convs)])
+        self.cls_conv = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
+        self.reg_conv = nn.Conv2d(feat_channels, 4, 3, padding=1)
+        self.centerness_conv = nn.Conv2d(feat_channels, 1, 3, padding=1)
+        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.constant_(self.cls_conv.bias, prior_bias(0.01))
+
+    def forward(self, features, level_points, strides) -> dict:
+        out = {"cls_probs": [], "cls_logits": [], "distances": [], "centerness_logits": []}
+        for x, scale in zip(features, self.scales):
+            cls_feat, reg_feat = self.cls_tower(x), self.reg_tower(x)
+            logits = self.cls_conv(cls_feat)  # (B, C, H, W)
+            out["cls_logits"].append(logits)
+            out["cls_probs"].append(logits.sigmoid())
+            out["distances"].append(scale(self.reg_conv(reg_feat).exp()).float())  # (B, 4, H, W)
+            out["centerness_logits"].append(self.centerness_conv(reg_feat))  # (B, 1, H, W)
+        return out
+
+
+def atss_targets(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale: float = 4.0, topk: int = 9):
+    """ATSS assignment for every image: object index per prior (B, N), -1 for negatives."""
+    anchors = out.priors.anchor_boxes(anchor_scale)
+    return torch.stack([atss_assign(anchors, out.priors.num_per_level, boxes, topk)[0]
+                        for boxes in gt_boxes])
+
+
+def atss_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale: float = 4.0,
+              topk: int = 9, box_weight: float = 2.0) -> dict:
+    """mmdetection's ATSS loss for a batch. gt_boxes/gt_labels: per-image (M_i, 4) / (M_i,)."""
+    assigned = atss_targets(out, gt_boxes, gt_labels, anchor_scale, topk)  # (B, N)
+    matched_boxes, labels = gather_targets(assigned, *pad_targets(gt_boxes, gt_labels))
+    positive = labels >= 0  # (B, N)
+    num_pos = max(1.0, float(positive.sum()))
+
+    cls_target = one_hot(labels.flatten(), out.cls_probs.shape[-1])  # (B*N, C)
+    loss_cls = sigmoid_focal_loss(out.cls_logits.flatten(0, 1).float(), cls_target,
+                                  alpha=0.25, gamma=2.0, reduction="sum") / num_pos
+
+    batch, prior = torch.nonzero(positive, as_tuple=True)  # the P positives
+    target = matched_boxes[batch, prior]  # (P, 4)
+    centerness = centerness_target(out.priors.points[prior], target)  # (P,)
+    loss_box = box_weight * (giou_loss(out.boxes[batch, prior], target) * centerness).sum() \
+        / centerness.sum().clamp(min=1.0)
+    loss_centerness = F.binary_cross_entropy_with_logits(
+        out.centerness_logits[batch, prior].float(), centerness, reduction="sum") / num_pos
+    return {"cls": loss_cls, "box": loss_box, "centerness": loss_centerness}

@@ -1,0 +1,1 @@
+"""Networks: small backbones and necks, all randomly initialised (no pretrained weights)."""

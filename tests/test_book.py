@@ -1,0 +1,105 @@
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kit import paths
+from kit.book import execute, pages, provenance
+
+ROOT = paths.root()
+
+
+def make_root(tmp_path: Path, with_notebook=True) -> Path:
+    """A miniature repository: the book sources, the paper list, one kit module, one notebook."""
+    (tmp_path / "book").mkdir()
+    for name in ("_config.yml", "intro.md"):
+        shutil.copy(ROOT / "book" / name, tmp_path / "book" / name)
+    (tmp_path / "kit" / "det").mkdir(parents=True)
+    shutil.copy(ROOT / "kit" / "papers.tsv", tmp_path / "kit" / "papers.tsv")
+    (tmp_path / "kit" / "det" / "thing.py").write_text("X = 1\n")
+    if with_notebook:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell("# P01 TOOD"), nbformat.v4.new_code_cell("print(1)")]
+        nb.metadata["kit"] = {"profile": "cpu", "device": "CPU", "torch": "2", "executed_at": "today",
+                              "wall_seconds": 3.0, "code_sha256": provenance.code_hash(nb),
+                              "modules": provenance.modules_hashes(["kit.det.thing", "kit.book.pages"], tmp_path)}
+        folder = tmp_path / "notebooks" / "dense-detection"
+        folder.mkdir(parents=True)
+        nbformat.write(nb, folder / "p01_tood.ipynb")
+    return tmp_path
+
+
+def test_status_fresh_then_stale_on_code_module_and_profile(tmp_path):
+    root = make_root(tmp_path)
+    path = root / "notebooks" / "dense-detection" / "p01_tood.ipynb"
+    nb = json.loads(path.read_text())
+    assert set(nb["metadata"]["kit"]["modules"]) == {"kit.det.thing"}  # build tools are not hashed
+    assert provenance.status(nb, "cpu", root).state == "fresh"
+    assert provenance.status(nb, "smoke", root).state == "stale"
+    assert provenance.status(nb, "gpu", root).needs_run
+    nb["metadata"]["kit"]["profile"] = "gpu"
+    assert provenance.status(nb, "cpu", root).state == "fresh"  # gpu outputs are preferred
+    nb["cells"][1]["source"] = "print(2)"
+    assert "its code cells changed" in provenance.status(nb, "gpu", root).reasons
+    (root / "kit" / "det" / "thing.py").write_text("X = 2\n")
+    assert "module kit.det.thing changed" in provenance.status(nb, "gpu", root).reasons
+    del nb["metadata"]["kit"]
+    assert provenance.status(nb, "cpu", root).state == "never"
+    with pytest.raises(ValueError, match="profile"):
+        provenance.status(nb, "laptop", root)
+
+
+def test_pages_build_chapters_toc_banner_and_scoreboard(tmp_path):
+    root = make_root(tmp_path)
+    (root / "results" / "cpu").mkdir(parents=True)
+    (root / "results" / "cpu" / "P01.json").write_text(json.dumps({
+        "paper": "P01", "profile": "cpu", "device": "CPU", "seeds": [0], "claim": "TOOD beats ATSS",
+        "paper_numbers": {"AP": "42.4"}, "metrics": {"TOOD": {"AP": {"values": [0.3], "mean": 0.3, "std": 0.0}}},
+        "headline": "AP", "verdict": "inconclusive", "wall_seconds": 100}))
+    out = pages.build(root)
+    chapter = (out / "chapters" / "dense-detection.md").read_text()
+    assert "open the notebook" in chapter and "*not yet written*" in chapter
+    assert "1 of" in chapter
+    toc = (out / "_toc.yml").read_text()
+    assert "notebooks/dense-detection/p01_tood" in toc and "chapters/attention" in toc
+    shown = json.loads((out / "notebooks" / "dense-detection" / "p01_tood.ipynb").read_text())
+    assert "Executed at the **cpu** profile" in shown["cells"][1]["source"]
+    board = (out / "scoreboard.md").read_text()
+    assert "TOOD beats ATSS" in board and "30.0 AP" in board and "(up to date)" in board
+    (root / "kit" / "det" / "thing.py").write_text("X = 3\n")
+    out = pages.build(root)
+    assert "(stale)" in (out / "scoreboard.md").read_text()
+    assert "Stale" in json.loads((out / "notebooks" / "dense-detection" / "p01_tood.ipynb").read_text())["cells"][1]["source"]
+
+
+def test_every_paper_has_a_known_chapter():
+    papers = pages.read_papers()
+    assert len(papers) == 45 and {p["id"] for p in papers} == {f"P{i:02d}" for i in range(1, 46)}
+
+
+def test_execute_runs_a_notebook_and_records_provenance(tmp_path, monkeypatch):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import kit.det.boxes\nimport os\nprint(os.environ['KIT_PROFILE'])")]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    meta = execute.execute(path, "smoke", timeout=120)
+    done = nbformat.read(path, as_version=4)
+    assert len(done.cells) == 1 and done.cells[0].outputs[0]["text"].strip() == "smoke"
+    assert meta["profile"] == "smoke" and "kit.det.boxes" in meta["modules"]
+    assert not any(m.startswith("kit.book") for m in meta["modules"])
+    assert provenance.status(done, "smoke").state == "fresh"
+
+
+def test_committed_notebooks_are_executed_and_fresh():
+    """What `make book` would re-run on a fresh clone: nothing. (Also: each has results.)"""
+    notebooks = execute.find_notebooks()
+    assert notebooks, "no notebooks found"
+    for path in notebooks:
+        nb = json.loads(path.read_text())
+        state = provenance.status(nb, "cpu")
+        assert state.state == "fresh", f"{path.name} is {state.state}: {state.reasons} (run make book and commit)"
+        paper = path.stem.split("_")[0].upper()
+        ran_at = nb["metadata"]["kit"]["profile"]
+        assert (ROOT / "results" / ran_at / f"{paper}.json").exists(), f"{paper} has no results record"

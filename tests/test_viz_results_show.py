@@ -1,0 +1,98 @@
+import json
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
+
+from kit import results, show
+from kit.det.priors import point_priors
+from kit.viz import assign, boxes, curves, explorer, maps
+
+
+def test_image_conversion_and_boxes(scenes):
+    image = boxes.to_image(scenes.images[0])
+    assert image.shape == (64, 64, 3) and 0 <= image.min() and image.max() <= 1
+    with pytest.raises(ValueError, match="RGB"):
+        boxes.to_image(torch.zeros(2, 5, 5))
+    fig = boxes.show_examples(scenes, range(3), ncols=3)
+    drawn = sum(len(ax.patches) for ax in fig.axes)
+    assert drawn == sum(len(scenes.targets(i)[0]) for i in range(3))
+    plt.close(fig)
+
+
+def test_level_grid_and_assignment(scenes):
+    fig = maps.level_grid({"score": [torch.rand(8, 8), torch.rand(4, 4), torch.rand(2, 2)]}, 64,
+                          image=scenes.images[0], box=scenes.targets(0)[0][:1])
+    assert len(fig.axes) == 3 + 1  # three levels and a colour bar
+    plt.close(fig)
+    priors = point_priors([(8, 8), (4, 4), (2, 2)], [8, 16, 32])
+    assigned = torch.full((84,), -1)
+    assigned[:3] = 0
+    fig, ax = plt.subplots()
+    assign.draw_assignment(ax, scenes.images[0], priors.points, priors.levels, assigned, scenes.targets(0)[0][:1])
+    assign.level_legend(ax)
+    assert len(ax.collections) == 2  # all priors, then the positives of the one level used
+    assign.score_iou_scatter(ax, [0.1, 0.5], [0.2, 0.9], "x")
+    plt.close(fig)
+
+
+def test_training_curves():
+    history = pd.DataFrame({"step": range(10), "loss": range(10)})
+    fig = curves.training_curves({"a": history, "b": history}, keys=["loss"], smooth=2, vlines={"warm-up": 4})
+    assert len(fig.axes[0].lines) == 3
+    plt.close(fig)
+
+
+def test_explorer_without_a_kernel_draws_the_static_figure():
+    calls = []
+
+    def draw(k, name):
+        calls.append((k, name))
+        plt.figure()
+
+    assert explorer.explorer(draw, {"k": (1, 10, 1), "name": ["a", "b"]}, {"k": 3, "name": "b"}) is None
+    assert calls == [(3, "b")]
+    with pytest.raises(ValueError, match="default"):
+        explorer.explorer(draw, {"k": (1, 10, 1)}, {})
+    plt.close("all")
+
+
+def test_explorer_widgets_respect_defaults_and_ranges():
+    slider = explorer._widget("beta", (0.0, 10.0, 0.5), 6.0)
+    assert slider.value == 6.0 and slider.max == 10.0
+    assert type(explorer._widget("topk", (1, 30, 1), 13)).__name__ == "IntSlider"
+    with pytest.raises(ValueError, match="outside"):
+        explorer._widget("topk", (1, 30, 1), 40)
+    with pytest.raises(ValueError, match="options"):
+        explorer._widget("mode", ["a"], "b")
+
+
+def test_results_record(tmp_path):
+    path = results.record("P01", "cpu", "cpu", [0, 1], {"ATSS": {"AP": [0.2, 0.3]}, "TOOD": {"AP": [0.25, 0.35]}},
+                          claim="c", paper_numbers={"AP": "1"}, verdict="reproduced", headline="AP",
+                          wall_seconds=12.3, folder=tmp_path)
+    entry = json.loads(path.read_text())
+    assert path.name == "P01.json" and entry["seeds"] == [0, 1]
+    assert entry["metrics"]["TOOD"]["AP"]["mean"] == pytest.approx(0.3)
+    assert entry["metrics"]["TOOD"]["AP"]["std"] == pytest.approx(0.0707, abs=1e-4)
+    assert entry["versions"]["torch"] == torch.__version__ and entry["device"].startswith("CPU")
+    assert results.load_all(tmp_path.parent)[0]["paper"] == "P01"
+    with pytest.raises(ValueError, match="verdict"):
+        results.record("P01", "cpu", "cpu", [0], {"A": {"AP": [1]}}, "c", {}, "great", "AP", 1, folder=tmp_path)
+    with pytest.raises(ValueError, match="seeds"):
+        results.record("P01", "cpu", "cpu", [0, 1], {"A": {"AP": [1]}}, "c", {}, "reproduced", "AP", 1, folder=tmp_path)
+    with pytest.raises(ValueError, match="P01"):
+        results.record("tood", "cpu", "cpu", [0], {"A": {"AP": [1]}}, "c", {}, "reproduced", "AP", 1, folder=tmp_path)
+
+
+def test_show_source():
+    from kit.det.assigners import task_aligned_assign
+    from kit.det.tood import TOODHead
+
+    module, code = show.source_text(task_aligned_assign)
+    assert module == "kit.det.assigners" and code.startswith("def task_aligned_assign(")
+    module, code = show.source_text(TOODHead.forward)
+    assert code.startswith("def forward(")  # dedented
+    with pytest.raises(TypeError, match="cannot show"):
+        show.source_text(3)
