@@ -53,10 +53,14 @@ def device_for(profile: str | None = None) -> torch.device:
 def setup(seed: int = 0, threads: int | None = None) -> torch.device:
     """One call at the top of a notebook: threads, determinism, seeds; returns the device.
 
-    ``threads`` defaults to the cores available to the process (more threads than cores
-    only slows small convolutions down).
+    ``threads`` defaults to ``KIT_THREADS`` if set, else the cores available to the process
+    (more threads than cores only slows small convolutions down).
     """
-    torch.set_num_threads(threads or available_cores())
+    if threads is None:
+        threads = int(os.environ.get("KIT_THREADS", 0)) or available_cores()
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -100,7 +100,8 @@ def train(model: torch.nn.Module, batch_for: Callable[[int], object],
     """Train for ``iterations`` steps; return the history (one row per step) as a DataFrame.
 
     batch_for(step) -> batch; loss_for(model, batch, step) -> {name: scalar tensor} (the total
-    loss is their sum); lr_at(step) sets every param group's learning rate; on_step(step, row)
+    loss is their sum); lr_at(step) sets every param group's learning rate (times the group's
+    optional ``lr_scale``, e.g. 0.1 for DCN offset branches); on_step(step, row)
     is called after each step (raise from it to stop). ``run_key`` identifies the run: a
     checkpoint written by a different run is ignored.
     """
@@ -135,7 +136,7 @@ def train(model: torch.nn.Module, batch_for: Callable[[int], object],
             began = time.perf_counter()
             if lr_at is not None:
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step)
+                    group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
             batch = batch_for(step)
             with autocast():
                 losses = loss_for(model, batch, step)

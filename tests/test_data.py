@@ -118,3 +118,18 @@ def test_dataset_cache_equals_fresh_generation(tmp_path, monkeypatch):
     for key in ("images", "boxes", "labels", "masks", "areas"):
         assert torch.equal(getattr(cached, key), getattr(fresh, key))
         assert torch.equal(getattr(again, key), getattr(fresh, key))
+
+
+def test_labelled_classes_and_size_skew():
+    base = ShapeSceneConfig(num_images=40, image_size=64, seed=4)
+    partial = generate(ShapeSceneConfig(num_images=40, image_size=64, seed=4, labelled_classes=(0, 1, 2)), use_cache=False)
+    full = generate(base, use_cache=False)
+    assert torch.equal(partial.images, full.images)  # same pictures, fewer labels
+    labels = partial.labels[partial.labels >= 0]
+    assert set(labels.tolist()) <= {0, 1, 2} and len(labels) < int((full.labels >= 0).sum())
+    assert not partial.masks[partial.labels < 0].any()
+    large = generate(ShapeSceneConfig(num_images=100, image_size=64, seed=4, size_skew=3.0), use_cache=False)
+    extent = lambda s: (s.boxes[..., 2:] - s.boxes[..., :2]).max(-1).values[s.labels >= 0].median()
+    assert extent(large) > extent(full)
+    with pytest.raises(ValueError, match="labelled_classes"):
+        ShapeSceneConfig(num_images=2, labelled_classes=(9,))

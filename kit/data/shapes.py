@@ -14,7 +14,7 @@ cached under ``data/cache/`` (:mod:`kit.data.cache`): same parameters, same tens
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -42,8 +42,9 @@ class ShapeSceneConfig:
     min_visible: float = 0.5  # drop objects less visible than this after occlusion
     texture: float = 0.35  # amplitude of the background texture (0 = flat)
     color_by_class: bool = True
+    size_skew: float = 1.0  # > 1 draws large objects more often, < 1 small ones (1 = log-uniform)
+    labelled_classes: tuple | None = None  # annotate only these classes (others are drawn, unlabelled)
     seed: int = 0
-    extra: dict = field(default_factory=dict)  # variant knobs recorded in the cache key
 
     def __post_init__(self):
         checks = [
@@ -56,6 +57,10 @@ class ShapeSceneConfig:
             (self.max_aspect >= 1, "max_aspect must be >= 1"),
             (0 <= self.min_visible <= 1, "min_visible must be in [0, 1]"),
             (self.texture >= 0, "texture must be >= 0"),
+            (self.size_skew > 0, "size_skew must be > 0"),
+            (self.labelled_classes is None or (len(self.labelled_classes) > 0 and all(
+                0 <= c < self.num_classes for c in self.labelled_classes)),
+             f"labelled_classes must be a non-empty subset of 0..{self.num_classes - 1}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -228,8 +233,9 @@ def _render_block(config: ShapeSceneConfig, n: int, generator, device) -> dict[s
     count = torch.randint(config.min_objects, k + 1, (n, 1), generator=generator, device=device)
     present = torch.arange(k, device=device)[None] < count
     shape_id = torch.randint(0, config.num_classes, (n, k), generator=generator, device=device)
-    log_size = _uniform(generator, (n, k), math.log(config.min_size),
-                        math.log(config.resolved_max_size()), device)
+    # Log-size between min and max; u^(1/skew) leans towards large objects when skew > 1.
+    position = torch.rand((n, k), generator=generator, device=device) ** (1.0 / config.size_skew)
+    log_size = math.log(config.min_size) + position * (math.log(config.resolved_max_size()) - math.log(config.min_size))
     extent = log_size.exp()  # longer side, pixels
     log_aspect = _uniform(generator, (n, k), -math.log(config.max_aspect),
                           math.log(config.max_aspect), device)
@@ -279,12 +285,18 @@ def _render_block(config: ShapeSceneConfig, n: int, generator, device) -> dict[s
         image = image * (1 - m) + m * colour[:, slot, :, None, None] * shading
     images = (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
+    # Objects of classes this dataset does not label stay in the image but get no annotation.
+    if config.labelled_classes is not None:
+        labelled = torch.zeros(config.num_classes, dtype=torch.bool, device=device)
+        labelled[list(config.labelled_classes)] = True
+        keep = keep & labelled[shape_id]
+
     # Pack the present objects to the front of the slots, ordered by slot.
     order = torch.argsort((~keep).int(), dim=1, stable=True)
     take = lambda t: torch.gather(t, 1, order.view(n, k, *([1] * (t.dim() - 2))).expand_as(t))
     keep_sorted = take(keep)
     labels = torch.where(keep_sorted, take(shape_id), torch.full_like(shape_id, -1))
-    masks = take(visible)
+    masks = take(visible & keep[..., None, None])
     boxes = take(boxes) * keep_sorted[..., None]
     areas = masks.flatten(2).sum(-1).float()
     return dict(images=images, boxes=boxes, labels=labels, masks=masks, areas=areas)

@@ -11,6 +11,9 @@ Three rules, each per image, each returning for every prior the index of its obj
 * :func:`task_aligned_assign` — TOOD's Task Alignment Learning (Feng et al., ICCV 2021,
   arXiv 2108.07755): rank priors by ``t = s^alpha * u^beta``, the classification score ``s``
   of the object's class times the IoU ``u`` of the predicted box, over all levels together.
+* :func:`topk_assign` — a static top-k rule on any ranking metric, with the number of
+  positives ``k`` per object as the hyper-parameter (HPS-Det, Liu et al. 2022,
+  arXiv 2207.11539; a scalar ``k`` and TOOD's metric give TAL exactly).
 
 All three follow mmdetection (``MaxIoUAssigner``, ``ATSSAssigner``, ``TaskAlignedAssigner``),
 including the order of their steps and how a prior claimed by several objects is resolved
@@ -183,5 +186,50 @@ def task_aligned_assign(scores: torch.Tensor, pred_boxes: torch.Tensor, points: 
     assigned, _ = _resolve_by_iou(candidate_pos, ious)
     positive = assigned >= 0
     alignment = torch.zeros(n, dtype=metric.dtype, device=scores.device)
+    alignment[positive] = metric[positive.nonzero().flatten(), assigned[positive]]
+    return assigned, alignment
+
+
+def topk_assign(metric: torch.Tensor, ious: torch.Tensor, inside: torch.Tensor, k):
+    """Static top-k assignment: each object takes its ``k`` best-ranked priors.
+
+    metric: (N, M) ranking metric of prior n for object m (e.g. TOOD's ``t``; larger is
+    better); ious: (N, M) IoU used to resolve priors claimed by several objects; inside:
+    (N, M) bool, prior n's centre lies inside object m; k: an int (the same for every
+    object) or an (M,) integer tensor (one per object, HPS-Det's hyper-parameters). For
+    each object the ``min(k_m, N)`` priors with the largest metric (over all levels) are
+    candidates; those with ``metric > 0`` and ``inside`` are positives; a prior claimed by
+    several objects goes to the highest IoU (mmdetection's ``TaskAlignedAssigner`` order).
+
+    Returns ``(assigned, alignment)``: object index per prior (-1 negative) and the metric
+    of the winning pair (0 for negatives), both (N,).
+    """
+    _check("metric", metric, (None, None))
+    n, m = metric.shape
+    _check("ious", ious, (n, m))
+    _check("inside", inside, (n, m))
+    if inside.dtype != torch.bool:
+        raise ValueError(f"inside must be a bool tensor, got {inside.dtype}")
+    per_object = torch.as_tensor(k, device=metric.device)
+    if per_object.is_floating_point() or per_object.dim() > 1 or (per_object.dim() == 1 and per_object.numel() != m):
+        raise ValueError(f"k must be an int or an (M,) = ({m},) integer tensor, got {k!r}")
+    if per_object.numel() and per_object.min() < 1:
+        raise ValueError(f"k must be >= 1 for every object, got {per_object.tolist()}")
+    assigned = torch.full((n,), -1, dtype=torch.long, device=metric.device)
+    if m == 0 or n == 0:
+        return assigned, metric.new_zeros(n)
+
+    # Candidates: the top min(k_m, N) priors of each object by the metric.
+    most = min(int(per_object.max()), n)
+    candidates = metric.topk(most, dim=0).indices  # (K, M), best first
+    rank = torch.arange(most, device=metric.device)[:, None]  # (K, 1)
+    within_k = rank < per_object.expand(m)[None]  # (K, M): rank below this object's k
+    gt_index = torch.arange(m, device=metric.device)
+    keep = within_k & (metric[candidates, gt_index] > 0) & inside[candidates, gt_index]
+    candidate_pos = torch.zeros((n, m), dtype=torch.bool, device=metric.device)
+    candidate_pos[candidates[keep], gt_index.expand_as(candidates)[keep]] = True
+    assigned, _ = _resolve_by_iou(candidate_pos, ious)
+    positive = assigned >= 0
+    alignment = torch.zeros(n, dtype=metric.dtype, device=metric.device)
     alignment[positive] = metric[positive.nonzero().flatten(), assigned[positive]]
     return assigned, alignment

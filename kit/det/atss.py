@@ -80,22 +80,43 @@ def atss_targets(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale
 
 
 def atss_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale: float = 4.0,
-              topk: int = 9, box_weight: float = 2.0) -> dict:
-    """mmdetection's ATSS loss for a batch. gt_boxes/gt_labels: per-image (M_i, 4) / (M_i,)."""
+              topk: int = 9, box_weight: float = 2.0, label_mask: torch.Tensor | None = None,
+              positives: dict | None = None) -> dict:
+    """mmdetection's ATSS loss for a batch. gt_boxes/gt_labels: per-image (M_i, 4) / (M_i,).
+
+    Optional switches (defaults keep the plain ATSS loss):
+
+    * ``label_mask`` (B, C) bool: the classes each image's dataset labels; the classification
+      loss is then the dataset-aware focal loss (cross-dataset training,
+      :func:`kit.det.cross_dataset.dataset_aware_focal_loss`), which ignores the other classes;
+    * ``positives``: a dict filled with the per-positive terms: ``batch``, ``prior`` (P,),
+      ``target_boxes`` (P, 4) and ``box_loss`` (P,), each positive's centre-ness-weighted GIoU
+      before normalisation (detached; Stitcher's small-object feedback).
+    """
     assigned = atss_targets(out, gt_boxes, gt_labels, anchor_scale, topk)  # (B, N)
     matched_boxes, labels = gather_targets(assigned, *pad_targets(gt_boxes, gt_labels))
     positive = labels >= 0  # (B, N)
     num_pos = max(1.0, float(positive.sum()))
 
     cls_target = one_hot(labels.flatten(), out.cls_probs.shape[-1])  # (B*N, C)
-    loss_cls = sigmoid_focal_loss(out.cls_logits.flatten(0, 1).float(), cls_target,
-                                  alpha=0.25, gamma=2.0, reduction="sum") / num_pos
+    if label_mask is None:
+        loss_cls = sigmoid_focal_loss(out.cls_logits.flatten(0, 1).float(), cls_target,
+                                      alpha=0.25, gamma=2.0, reduction="sum") / num_pos
+    else:
+        # imported here so that notebooks without label masks do not depend on that module
+        from kit.det.cross_dataset import dataset_aware_focal_loss, prior_label_mask
+
+        loss_cls = dataset_aware_focal_loss(out.cls_logits.flatten(0, 1).float(), cls_target,
+                                            prior_label_mask(label_mask, labels.shape[1]))
 
     batch, prior = torch.nonzero(positive, as_tuple=True)  # the P positives
     target = matched_boxes[batch, prior]  # (P, 4)
     centerness = centerness_target(out.priors.points[prior], target)  # (P,)
-    loss_box = box_weight * (giou_loss(out.boxes[batch, prior], target) * centerness).sum() \
-        / centerness.sum().clamp(min=1.0)
+    box_per_positive = giou_loss(out.boxes[batch, prior], target) * centerness  # (P,)
+    loss_box = box_weight * box_per_positive.sum() / centerness.sum().clamp(min=1.0)
+    if positives is not None:  # per-positive terms for callers that need them (Stitcher's feedback)
+        positives.update(batch=batch, prior=prior, target_boxes=target,
+                         box_loss=box_per_positive.detach())
     loss_centerness = F.binary_cross_entropy_with_logits(
         out.centerness_logits[batch, prior].float(), centerness, reduction="sum") / num_pos
     return {"cls": loss_cls, "box": loss_box, "centerness": loss_centerness}

@@ -128,9 +128,18 @@ class DenseDetector(nn.Module):
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, **postprocess_options) -> list[dict]:
-        """Detections per image (boxes, scores, labels) in eval mode."""
+        """Detections per image (boxes, scores, labels) in eval mode.
+
+        A head with a ``test_outputs(out) -> (scores, boxes)`` method (BorderDet's second stage)
+        chooses its own test-time scores and boxes; otherwise they are ``detection_scores()``
+        and ``boxes``.
+        """
         was_training = self.training
         self.eval()
         out = self(images)
         self.train(was_training)
-        return postprocess(out.detection_scores(), out.boxes, **postprocess_options)
+        if hasattr(self.head, "test_outputs"):
+            scores, boxes = self.head.test_outputs(out)
+        else:
+            scores, boxes = out.detection_scores(), out.boxes
+        return postprocess(scores, boxes, **postprocess_options)

@@ -41,15 +41,21 @@ def detections_to_coco(detections: list[dict], image_ids: list[int] | None = Non
 
 
 def coco_evaluate(coco_gt: dict, detections: list[dict] | list, image_size: int,
-                  reference_size: int = 256, image_ids: list[int] | None = None) -> dict[str, float]:
+                  reference_size: int = 256, image_ids: list[int] | None = None,
+                  class_ids: list[int] | None = None) -> dict[str, float]:
     """COCO box metrics (AP, AP50, AP75, APs, APm, APl, in [0, 1]) of ``detections``.
 
     coco_gt: a COCO-format dict (e.g. :func:`kit.data.shapes.to_coco`); detections: per-image
     dicts in the order of ``coco_gt['images']`` (or of ``image_ids``), or COCO result dicts.
-    A metric with no ground truth in its group is NaN (pycocotools' -1).
+    A metric with no ground truth in its group is NaN (pycocotools' -1). ``class_ids``
+    restricts the evaluation to those categories (pycocotools' ``params.catIds``).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
+
+    known = {c["id"] for c in coco_gt["categories"]}
+    if class_ids is not None and (not class_ids or not set(class_ids) <= known):
+        raise ValueError(f"class_ids must be a non-empty subset of the categories {sorted(known)}, got {class_ids}")
 
     if detections and isinstance(detections[0], dict) and "boxes" in detections[0]:
         ids = image_ids if image_ids is not None else [img["id"] for img in coco_gt["images"]]
@@ -68,6 +74,8 @@ def coco_evaluate(coco_gt: dict, detections: list[dict] | list, image_size: int,
         dt = gt.loadRes(results)
         evaluator = COCOeval(gt, dt, iouType="bbox")
         evaluator.params.areaRng = area_ranges(image_size, reference_size)
+        if class_ids is not None:
+            evaluator.params.catIds = [int(c) for c in class_ids]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

@@ -1,0 +1,1 @@
+"""Analysis of trained models: effective receptive fields, sampling locations of deformable layers."""

@@ -1,0 +1,178 @@
+"""BorderDet: a border-refinement stage on a dense detector (Qiu et al., ECCV 2020, arXiv 2007.11056).
+
+A dense detector predicts, at each location, a class score and a box from the feature of
+that one point. BorderDet adds a second, cheap stage at every location:
+
+1. the first stage's box ``B0`` (detached) is taken to the feature map of its level;
+2. a :class:`BorderBranch` on each tower reads, with :func:`kit.ops.border_align.border_align`,
+   the strongest feature along each of the four sides of ``B0`` (from a 4C-channel map, one
+   C-block per side), concatenates it with a 1x1 "current point" feature and fuses them;
+3. from these border features it predicts a second classification ``border_cls`` and a
+   refinement ``delta`` of ``B0``.
+
+**Targets.** A location is a border positive when its ``B0`` has IoU >= 0.6 with an object
+(the object of highest IoU); its class is that object's, and its box target is
+``(G - B0) / (0.5 * wh(B0))`` per coordinate. **Losses:** the first stage's own losses, plus a
+sigmoid focal loss (0.25, 2) on ``border_cls`` and an L1 loss (smooth-L1 with beta 0) on
+``delta``, both divided by the number of border positives. **Test:** the box is
+``B0 + 0.5 * wh(B0) * delta`` and the score ``sqrt(sqrt(cls * ctr) * border_cls)``.
+
+Everything follows the official code (``Megvii-BaseDetection/BorderDet``, ``borderdet.py``:
+``BorderHead``, ``BorderBranch``, ``get_ground_truth``, ``losses``, ``inference_single_image``):
+InstanceNorm (not GroupNorm) in the branch, boxes divided by the stride and clamped to the map
+before BorderAlign, border channels 256 / 128 for the cls / reg branches at 256 tower channels
+(here 64 / 32 at 64), ``pool_size = 10``. Deviations: the first stage is the kit's ATSS
+(anchor-free, the chapter's baseline) rather than FCOS, so the coarse boxes come from the same
+detector as the baseline; our points sit at cell centres, so a box at ``X`` px is at
+``X / stride - 0.5`` on the feature map (pixel centres at integers, as BorderAlign expects);
+and the score threshold is applied to the final score rather than to ``sqrt(cls * ctr)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kit.det.atss import ATSSHead, atss_loss, prior_bias
+from kit.det.boxes import box_iou, distance2bbox
+from kit.det.detector import DenseOutput, flatten_levels
+from kit.det.losses import one_hot, sigmoid_focal_loss
+from kit.ops.border_align import border_align
+
+
+class BorderBranch(nn.Module):
+    """Border features of a tower's feature map: (B, F, H, W) and boxes (B, HW, 4) -> (B, F, H, W)."""
+
+    def __init__(self, in_channels: int, border_channels: int, pool_size: int = 10):
+        super().__init__()
+        self.pool_size = pool_size
+        self.current_point = nn.Sequential(  # the location's own feature, C channels
+            nn.Conv2d(in_channels, border_channels, 1), nn.InstanceNorm2d(border_channels), nn.ReLU())
+        self.border_features = nn.Sequential(  # 4C channels: top, left, bottom, right blocks
+            nn.Conv2d(in_channels, 4 * border_channels, 1), nn.InstanceNorm2d(4 * border_channels), nn.ReLU())
+        self.fuse = nn.Sequential(nn.Conv2d(5 * border_channels, in_channels, 1), nn.ReLU())
+
+    def pooled(self, feature: torch.Tensor, boxes: torch.Tensor, return_argmax: bool = False):
+        """BorderAlign of the 4C border map: (B, C, HW, 4) (and the argmax sample per side)."""
+        return border_align(self.border_features(feature), boxes, self.pool_size, return_argmax)
+
+    def forward(self, feature: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = feature.shape
+        border = self.pooled(feature, boxes)  # (B, C, HW, 4)
+        border = border.permute(0, 3, 1, 2).reshape(b, -1, h, w)  # (B, 4C, H, W), side-major
+        return self.fuse(torch.cat([border, self.current_point(feature)], dim=1))
+
+
+def feature_map_boxes(boxes: torch.Tensor, stride: float, height: int, width: int) -> torch.Tensor:
+    """Pixel boxes (..., 4) -> the feature map's pixel frame, clamped to the map (BorderDet's
+    ``compute_border``). Points sit at cell centres ``(j + 0.5) * stride``, so ``x -> x / s - 0.5``."""
+    scaled = boxes / stride - 0.5
+    limits = scaled.new_tensor([width - 1, height - 1, width - 1, height - 1])
+    return torch.minimum(scaled.clamp(min=0), limits)
+
+
+def refine_boxes(coarse: torch.Tensor, deltas: torch.Tensor, bbox_std: float = 0.5) -> torch.Tensor:
+    """``B0 + bbox_std * wh(B0) * delta``: coarse (..., 4) xyxy, deltas (..., 4) -> refined (..., 4)."""
+    wh = coarse[..., 2:] - coarse[..., :2]  # (..., 2) as (w, h)
+    return coarse + deltas * bbox_std * torch.cat([wh, wh], dim=-1)
+
+
+class BorderHead(ATSSHead):
+    """The ATSS head plus BorderDet's border branches and second-stage predictions.
+
+    ``rescore`` and ``refine`` switch the two test-time uses of the border stage (for the
+    ablation: the same trained model with either turned off).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 64, feat_channels: int = 64,
+                 stacked_convs: int = 2, num_levels: int = 3, border_channels: tuple = (64, 32),
+                 pool_size: int = 10, bbox_std: float = 0.5):
+        super().__init__(num_classes, in_channels, feat_channels, stacked_convs, num_levels)
+        self.bbox_std, self.rescore, self.refine = bbox_std, True, True
+        self.border_cls_branch = BorderBranch(feat_channels, border_channels[0], pool_size)
+        self.border_reg_branch = BorderBranch(feat_channels, border_channels[1], pool_size)
+        self.border_cls_conv = nn.Conv2d(feat_channels, num_classes, 1)
+        self.border_reg_conv = nn.Conv2d(feat_channels, 4, 1)
+        for branch in (self.border_cls_branch, self.border_reg_branch, self.border_cls_conv, self.border_reg_conv):
+            for module in branch.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.normal_(module.weight, std=0.01)
+                    nn.init.zeros_(module.bias)
+        nn.init.constant_(self.border_cls_conv.bias, prior_bias(0.01))
+
+    def forward(self, features, level_points, strides) -> dict:
+        out = {k: [] for k in ("cls_probs", "cls_logits", "distances", "centerness_logits",
+                                "border_cls_logits", "border_deltas", "align_boxes")}
+        for x, points, stride, scale in zip(features, level_points, strides, self.scales):
+            b, _, h, w = x.shape
+            cls_feat, reg_feat = self.cls_tower(x), self.reg_tower(x)
+            logits = self.cls_conv(cls_feat)  # (B, C, H, W)
+            distances = scale(self.reg_conv(reg_feat).exp()).float()  # (B, 4, H, W) ltrb, strides
+            out["cls_logits"].append(logits)
+            out["cls_probs"].append(logits.sigmoid())
+            out["distances"].append(distances)
+            out["centerness_logits"].append(self.centerness_conv(reg_feat))
+
+            # The coarse box B0 of every location, detached, on this level's feature map.
+            with torch.no_grad():
+                ltrb = distances.detach().flatten(2).transpose(1, 2)  # (B, HW, 4)
+                coarse = distance2bbox(points / stride, ltrb) * stride  # (B, HW, 4) px
+                boxes = feature_map_boxes(coarse, stride, h, w)
+            border_cls = self.border_cls_branch(cls_feat, boxes)  # (B, F, H, W)
+            border_reg = self.border_reg_branch(reg_feat, boxes)
+            out["border_cls_logits"].append(self.border_cls_conv(border_cls))  # (B, C, H, W)
+            out["border_deltas"].append(self.border_reg_conv(border_reg).float())  # (B, 4, H, W)
+            out["align_boxes"].append(boxes.transpose(1, 2).reshape(b, 4, h, w))  # for figures
+        return out
+
+    def test_outputs(self, out: DenseOutput):
+        """Scores (B, N, C) and boxes (B, N, 4) used at test time (see :meth:`DenseDetector.detect`)."""
+        scores, boxes = out.detection_scores(), out.boxes
+        if self.rescore:
+            border_probs = flatten_levels(out.maps["border_cls_logits"]).sigmoid()
+            scores = (scores.sqrt() * border_probs).sqrt()
+        if self.refine:
+            boxes = refine_boxes(boxes, flatten_levels(out.maps["border_deltas"]), self.bbox_std)
+        return scores, boxes
+
+
+@torch.no_grad()
+def border_targets(coarse: torch.Tensor, gt_boxes: list, gt_labels: list, iou_thresh: float = 0.6,
+                   bbox_std: float = 0.5):
+    """Border labels (B, N) (-1 background) and box targets (B, N, 4) (0 for background).
+
+    coarse: (B, N, 4) first-stage boxes in px. A location is positive when its coarse box has
+    IoU >= ``iou_thresh`` with an object; it takes the object of highest IoU.
+    """
+    if not 0 < iou_thresh <= 1:
+        raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
+    labels = torch.full(coarse.shape[:2], -1, dtype=torch.long, device=coarse.device)
+    targets = torch.zeros_like(coarse)
+    for b, (boxes, classes) in enumerate(zip(gt_boxes, gt_labels)):
+        if boxes.shape[0] == 0:
+            continue
+        best_iou, best = box_iou(coarse[b], boxes.to(coarse.dtype)).max(dim=1)  # (N,)
+        positive = best_iou >= iou_thresh
+        labels[b, positive] = classes[best[positive]]
+        matched, b0 = boxes[best[positive]].to(coarse.dtype), coarse[b, positive]
+        wh = b0[:, 2:] - b0[:, :2]
+        targets[b, positive] = (matched - b0) / (bbox_std * torch.cat([wh, wh], dim=1))
+    return labels, targets
+
+
+def borderdet_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, iou_thresh: float = 0.6,
+                   bbox_std: float = 0.5) -> dict:
+    """The first stage's ATSS losses plus the border classification and refinement losses."""
+    if "border_cls_logits" not in out.maps:
+        raise ValueError("borderdet_loss needs the border outputs of BorderHead")
+    losses = atss_loss(out, gt_boxes, gt_labels)
+    logits = flatten_levels(out.maps["border_cls_logits"]).float()  # (B, N, C)
+    deltas = flatten_levels(out.maps["border_deltas"]).float()  # (B, N, 4)
+    labels, targets = border_targets(out.boxes.detach().float(), gt_boxes, gt_labels, iou_thresh, bbox_std)
+    positive = labels >= 0
+    num_pos = max(1.0, float(positive.sum()))
+    target_cls = one_hot(labels.flatten(), logits.shape[-1])
+    losses["border_cls"] = sigmoid_focal_loss(logits.flatten(0, 1), target_cls, alpha=0.25, gamma=2.0,
+                                              reduction="sum") / num_pos
+    losses["border_box"] = F.l1_loss(deltas[positive], targets[positive], reduction="sum") / num_pos
+    return losses

@@ -1,0 +1,102 @@
+"""HPS-Det's sample assignment: the number of positives per object as a hyper-parameter.
+
+HPS-Det (Liu et al. 2022, arXiv 2207.11539) treats ``k``, the number of positive priors each
+object gets, as a hyper-parameter. It (1) searches good values of ``k`` with a surrogate
+optimiser (:mod:`kit.hpo.rbf_search`), then (2) picks, at every training iteration and for
+every object, one ``k`` out of the searched set ``K*`` (dynamic assignment).
+
+Only the abstract and the Fig. 1 caption of the paper could be checked, and no official
+code was found, so the two rules below are this kit's reading of them:
+
+* **static top-k** (:func:`kit.det.assigners.topk_assign`): rank an object's priors by
+  TOOD's alignment ``t = s^alpha * u^beta`` over all levels, take the top ``k``, keep those
+  inside the object with ``t > 0``. With one ``k`` for all objects this is TAL with
+  ``topk = k`` exactly (a unit test checks it).
+* **dynamic k** (:func:`choose_k`): for each object, walk down its ranking and count the
+  gain ``sum_{i <= k} (u_(i) - iou_floor)`` of the IoUs ``u_(i)`` of the predicted boxes;
+  take the ``k`` in ``K*`` with the largest gain (ties: the smallest ``k``). Early in
+  training, when few predictions overlap their object well, the small ``k`` wins; once many
+  predictions are good, the larger ones do.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from kit.det.assigners import alignment_metric, topk_assign
+from kit.det.boxes import box_iou, points_inside
+
+
+def choose_k(metric: torch.Tensor, ious: torch.Tensor, inside: torch.Tensor, k_choices: Sequence[int],
+             iou_floor: float = 0.5) -> torch.Tensor:
+    """Per-object dynamic ``k`` from the searched set ``k_choices`` (HPS-Det, kit rule).
+
+    metric, ious: (N, M); inside: (N, M) bool. Priors outside the object or with
+    ``metric <= 0`` would be dropped by the assigner, so they add no gain. Returns (M,) long.
+    """
+    choices = sorted({int(k) for k in k_choices})
+    if not choices or choices[0] < 1:
+        raise ValueError(f"k_choices must be a non-empty set of integers >= 1, got {list(k_choices)}")
+    if not 0 <= iou_floor <= 1:
+        raise ValueError(f"iou_floor must be in [0, 1], got {iou_floor}")
+    if metric.shape != ious.shape or metric.shape != inside.shape or metric.dim() != 2:
+        raise ValueError(f"metric, ious and inside must all be (N, M); got {tuple(metric.shape)}, "
+                         f"{tuple(ious.shape)}, {tuple(inside.shape)}")
+    n, m = metric.shape
+    if m == 0 or n == 0:
+        return torch.full((m,), choices[0], dtype=torch.long, device=metric.device)
+    most = min(choices[-1], n)
+    ranked = metric.topk(most, dim=0).indices  # (K, M) best first
+    gt_index = torch.arange(m, device=metric.device)
+    valid = inside[ranked, gt_index] & (metric[ranked, gt_index] > 0)
+    gain = torch.where(valid, ious[ranked, gt_index] - iou_floor, torch.zeros_like(metric[:most]))
+    cumulative = gain.cumsum(0)  # (K, M): gain of taking the top k+1
+    at_choice = torch.stack([cumulative[min(k, most) - 1] for k in choices])  # (|K*|, M)
+    best = at_choice.argmax(0)  # first maximum -> the smallest k on ties
+    return torch.tensor(choices, device=metric.device)[best]
+
+
+def hps_assign(scores: torch.Tensor, pred_boxes: torch.Tensor, points: torch.Tensor, gt_boxes: torch.Tensor,
+               gt_labels: torch.Tensor, k: int | None = None, k_choices: Sequence[int] | None = None,
+               iou_floor: float = 0.5, alpha: float = 1.0, beta: float = 6.0):
+    """Top-k assignment of one image on TOOD's metric, static (``k``) or dynamic (``k_choices``).
+
+    scores: (N, C) probabilities; pred_boxes: (N, 4); points: (N, 2); gt_boxes: (M, 4);
+    gt_labels: (M,). Give exactly one of ``k`` and ``k_choices``. Returns ``(assigned (N,),
+    alignment (N,), k_used (M,))``.
+    """
+    if (k is None) == (k_choices is None):
+        raise ValueError("give exactly one of k (static top-k) and k_choices (dynamic k)")
+    n, num_classes = scores.shape
+    if pred_boxes.shape != (n, 4) or points.shape != (n, 2):
+        raise ValueError(f"need pred_boxes (N, 4) and points (N, 2) for N={n}, got "
+                         f"{tuple(pred_boxes.shape)} and {tuple(points.shape)}")
+    if gt_boxes.dim() != 2 or gt_boxes.shape[-1] != 4 or gt_labels.shape != gt_boxes.shape[:1]:
+        raise ValueError(f"need gt_boxes (M, 4) and gt_labels (M,), got {tuple(gt_boxes.shape)} and {tuple(gt_labels.shape)}")
+    if gt_labels.numel() and (gt_labels.min() < 0 or gt_labels.max() >= num_classes):
+        raise ValueError(f"gt_labels must lie in [0, {num_classes}), got {gt_labels.tolist()}")
+    m = gt_boxes.shape[0]
+    ious = box_iou(pred_boxes.detach().float(), gt_boxes.float())  # (N, M)
+    metric = alignment_metric(scores.detach().float()[:, gt_labels], ious, alpha, beta)  # (N, M)
+    inside = points_inside(points, gt_boxes)  # (N, M)
+    if k_choices is not None:
+        k_used = choose_k(metric, ious, inside, k_choices, iou_floor)
+    else:
+        k_used = torch.full((m,), int(k), dtype=torch.long, device=scores.device)
+    assigned, alignment = topk_assign(metric, ious, inside, k_used)
+    return assigned, alignment, k_used
+
+
+def hps_targets(out, gt_boxes: list, gt_labels: list, k: int | None = None,
+                k_choices: Sequence[int] | None = None, iou_floor: float = 0.5, alpha: float = 1.0,
+                beta: float = 6.0):
+    """:func:`hps_assign` for a batch (a :class:`kit.det.detector.DenseOutput`).
+
+    Returns assigned (B, N), alignment (B, N) and the ``k`` used per object (list of (M_i,)).
+    Wrap it to pass it as ``targets_fn`` to :func:`kit.det.tood.tood_loss`.
+    """
+    results = [hps_assign(out.cls_probs[b], out.boxes[b], out.priors.points, gt_boxes[b], gt_labels[b],
+                          k, k_choices, iou_floor, alpha, beta) for b in range(len(gt_boxes))]
+    return (torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results]),
+            [r[2] for r in results])

@@ -1,0 +1,1 @@
+"""Hyper-parameter optimisation: surrogate-based search over integer hyper-parameters."""

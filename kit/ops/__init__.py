@@ -1,0 +1,1 @@
+"""Operators that papers invent: deformable sampling, attention variants, gates, samplers."""
