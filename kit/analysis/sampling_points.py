@@ -1,4 +1,4 @@
-"""Effective sampling locations of stacked deformable layers (DCNv1 Fig. 5, DCNv2 Fig. 1).
+"""Effective sampling locations of stacked deformable layers, as the DCN papers draw them.
 
 One activation of the last deformable layer reads ``K`` points of its input; each of those lies
 (near) a unit of the previous deformable layer, which read ``K`` points of its own input, and
@@ -44,17 +44,19 @@ class DeformTrace:
         return self.input_grid.then(self.kernel_size, self.stride, self.padding, self.dilation)
 
 
-def record_deformable(model: nn.Module, images: torch.Tensor, input_grids: dict) -> list[list[DeformTrace]]:
-    """Run ``model(images)`` once in eval mode and record every DeformConv2d's offsets and masks.
+def record_deformable(model: nn.Module, images: torch.Tensor, input_grids: dict,
+                      forward=None) -> list[list[DeformTrace]]:
+    """Run ``forward(images)`` (default ``model(images)``) once in eval mode and record every
+    DeformConv2d's offsets and masks.
 
     input_grids: layer -> ReceptiveField of that layer's input grid. Returns, per image, the
-    traces in forward order.
+    traces in forward order (tensors on the CPU).
     """
     records = []
 
     def hook(layer, inputs, _output):
         offset, mask = layer.offsets_and_mask(inputs[0])
-        records.append((layer, offset.detach(), None if mask is None else mask.detach()))
+        records.append((layer, offset.detach().cpu(), None if mask is None else mask.detach().cpu()))
 
     layers = [m for m in model.modules() if isinstance(m, DeformConv2d)]
     missing = [m for m in layers if m not in input_grids]
@@ -65,7 +67,7 @@ def record_deformable(model: nn.Module, images: torch.Tensor, input_grids: dict)
     model.eval()
     try:
         with torch.no_grad():
-            model(images)
+            (forward or model)(images)
     finally:
         model.train(was_training)
         for h in handles:

@@ -1,7 +1,8 @@
 """Shape scenes: a seeded generator of small detection images with boxes, masks and COCO json.
 
 Every image holds a few filled shapes on a textured background. The class of an object is
-its shape (circle, square, triangle, ring, cross, diamond, half-disc, star); its colour is a
+its shape (circle, square, triangle, ring, cross, diamond, half-disc, star, and two shapes whose
+mass sits far off their box centre, corner and pin, used when ``num_classes`` > 8); its colour is a
 class hue with jitter (or fully random with ``color_by_class=False``), so the detector has to
 look at shape as well as colour. Objects range from a few pixels to most of the image,
 are rotated and stretched, overlap (later shapes occlude earlier ones) and may be cut by the
@@ -21,10 +22,10 @@ import torch
 
 from kit.data import cache
 
-SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond", "half-disc", "star")
+SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond", "half-disc", "star", "corner", "pin")
 
 # One hue per class (HSV hue in [0, 1)), spread around the colour wheel.
-_CLASS_HUES = torch.tensor([0.00, 0.58, 0.33, 0.12, 0.78, 0.47, 0.90, 0.22])
+_CLASS_HUES = torch.tensor([0.00, 0.58, 0.33, 0.12, 0.78, 0.47, 0.90, 0.22, 0.68, 0.275])
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,10 @@ _INSIDE_TESTS = {
     "diamond": lambda u, v: u.abs() + v.abs() <= 1.0,
     "half-disc": lambda u, v: (u * u + v * v <= 1.0) & (v >= -0.1),
     "star": lambda u, v: torch.sqrt(u * u + v * v) <= _star_radius(u, v),
+    # Asymmetric mass (AutoAssign's centre prior): an L with its bars at the left and bottom,
+    # and a pin, a round head on a thin stem.
+    "corner": lambda u, v: (u.abs() <= 1.0) & (v.abs() <= 1.0) & ((u <= -0.3) | (v <= -0.3)),
+    "pin": lambda u, v: (u * u + (v - 0.45) ** 2 <= 0.55**2) | ((u.abs() <= 0.14) & (v >= -1.0) & (v <= 0.45)),
 }
 
 

@@ -81,7 +81,7 @@ def atss_targets(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale
 
 def atss_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale: float = 4.0,
               topk: int = 9, box_weight: float = 2.0, label_mask: torch.Tensor | None = None,
-              positives: dict | None = None) -> dict:
+              positives: dict | None = None, targets_fn=None) -> dict:
     """mmdetection's ATSS loss for a batch. gt_boxes/gt_labels: per-image (M_i, 4) / (M_i,).
 
     Optional switches (defaults keep the plain ATSS loss):
@@ -91,9 +91,14 @@ def atss_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale: f
       :func:`kit.det.cross_dataset.dataset_aware_focal_loss`), which ignores the other classes;
     * ``positives``: a dict filled with the per-positive terms: ``batch``, ``prior`` (P,),
       ``target_boxes`` (P, 4) and ``box_loss`` (P,), each positive's centre-ness-weighted GIoU
-      before normalisation (detached; Stitcher's small-object feedback).
+      before normalisation (detached; Stitcher's small-object feedback);
+    * ``targets_fn(out, gt_boxes, gt_labels) -> assigned (B, N)`` replaces ATSS's assignment
+      (HPS-Det's static / dynamic top-k, :mod:`kit.det.hps`).
     """
-    assigned = atss_targets(out, gt_boxes, gt_labels, anchor_scale, topk)  # (B, N)
+    if targets_fn is not None:
+        assigned = targets_fn(out, gt_boxes, gt_labels)  # (B, N)
+    else:
+        assigned = atss_targets(out, gt_boxes, gt_labels, anchor_scale, topk)  # (B, N)
     matched_boxes, labels = gather_targets(assigned, *pad_targets(gt_boxes, gt_labels))
     positive = labels >= 0  # (B, N)
     num_pos = max(1.0, float(positive.sum()))

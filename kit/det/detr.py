@@ -130,16 +130,20 @@ class DETR(nn.Module):
 
     forward(images (B, 3, H, W)) -> ``{"logits": (B, Q, K + 1), "boxes": (B, Q, 4) normalised
     (cx, cy, w, h), "aux": [...one dict per earlier decoder layer], "feature_shape": (h, w)}``.
+    ``class_mode="softmax"`` is DETR's classifier (K + 1 logits, the last one "no object");
+    ``"focal"`` gives K sigmoid logits with a 0.01 prior, as Deformable DETR (the paper's
+    "DETR+" ablation uses focal loss too). Train with ``set_loss(..., mode=model.class_mode)``.
     """
-
-    class_mode = "softmax"  # the set loss to train it with (kit.det.hungarian)
 
     def __init__(self, num_classes: int, d_model: int = 64, n_heads: int = 4, enc_layers: int = 2,
                  dec_layers: int = 2, ffn_dim: int = 256, num_queries: int = 20, dropout: float = 0.0,
-                 widths=(16, 32, 64, 128), feature_stride: int = 16):
+                 widths=(16, 32, 64, 128), feature_stride: int = 16, class_mode: str = "softmax"):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        if class_mode not in ("softmax", "focal"):
+            raise ValueError(f"class_mode must be 'softmax' or 'focal', got {class_mode!r}")
+        self.class_mode = class_mode
         self.num_classes, self.num_queries, self.d_model = num_classes, num_queries, d_model
         self.backbone = TinyResNet(widths, num_outputs=4)
         self.level = _backbone_level(self.backbone.strides, feature_stride)
@@ -149,11 +153,13 @@ class DETR(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(d_model, n_heads, ffn_dim, dropout) for _ in range(dec_layers))
         self.decoder_norm = nn.LayerNorm(d_model)
         self.query_embed = nn.Embedding(num_queries, d_model)
-        self.class_embed = nn.Linear(d_model, num_classes + 1)
+        self.class_embed = nn.Linear(d_model, num_classes + (1 if class_mode == "softmax" else 0))
         self.bbox_embed = MLP(d_model, d_model, 4, 3)
         for p in list(self.encoder.parameters()) + list(self.decoder.parameters()):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+        if class_mode == "focal":
+            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))  # prior probability 0.01
 
     def forward(self, images: torch.Tensor) -> dict:
         if images.dim() != 4 or images.shape[1] != 3:

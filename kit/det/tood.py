@@ -189,18 +189,11 @@ def tal_targets(out: DenseOutput, gt_boxes: list, gt_labels: list, topk: int = 1
 
 def tood_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, warmup: bool, topk: int = 13,
               alpha: float = 1.0, beta: float = 6.0, anchor_scale: float = 4.0, atss_topk: int = 9,
-              box_weight: float = 2.0, targets_fn=None) -> dict:
-    """TOOD's loss for a batch: the ATSS warm-up while ``warmup``, Task Alignment Learning after.
-
-    ``targets_fn(out, gt_boxes, gt_labels) -> (assigned (B, N), alignment t (B, N))`` replaces
-    TAL's assignment after the warm-up (HPS-Det's static / dynamic top-k, :mod:`kit.det.hps`);
-    the default ``None`` is TAL with ``topk``.
-    """
+              box_weight: float = 2.0) -> dict:
+    """TOOD's loss for a batch: the ATSS warm-up while ``warmup``, Task Alignment Learning after."""
     padded_boxes, padded_labels = pad_targets(gt_boxes, gt_labels)
     if warmup:
         assigned = atss_targets(out, gt_boxes, gt_labels, anchor_scale, atss_topk)
-    elif targets_fn is not None:
-        assigned, alignment = targets_fn(out, gt_boxes, gt_labels)
     else:
         assigned, alignment = tal_targets(out, gt_boxes, gt_labels, topk, alpha, beta)
     matched_boxes, labels = gather_targets(assigned, padded_boxes, padded_labels)  # (B, N, 4), (B, N)

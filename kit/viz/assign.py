@@ -20,6 +20,7 @@ def draw_assignment(ax, image, points, levels, assigned, gt_boxes, title: str | 
     """
     points, levels, assigned = (torch.as_tensor(t).detach().cpu() for t in (points, levels, assigned))
     show_image(ax, image, title)
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()
     ax.scatter(points[:, 0], points[:, 1], s=3, c="white", alpha=0.35, linewidths=0)
     for gt, box in enumerate(torch.as_tensor(gt_boxes).cpu()):
         color = CLASS_COLORS[gt % len(CLASS_COLORS)]
@@ -34,6 +35,8 @@ def draw_assignment(ax, image, points, levels, assigned, gt_boxes, title: str | 
                 alpha = (0.35 + 0.65 * q / q.max().clamp(min=1e-12)).numpy()
             ax.scatter(points[mask, 0], points[mask, 1], s=marker_size, color=color, alpha=alpha,
                        marker=LEVEL_MARKERS[level % len(LEVEL_MARKERS)], edgecolors="black", linewidths=0.6)
+    ax.set_xlim(xlim)  # scatter autoscaling would otherwise pad the image with white margins
+    ax.set_ylim(ylim)
 
 
 def level_legend(ax, strides=(8, 16, 32)):

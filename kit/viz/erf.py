@@ -1,0 +1,113 @@
+"""Receptive-field figures: the ERF over the image, the theoretical RF, sampling points, kernel space.
+
+* :func:`draw_erf` / :func:`erf_figure`: the effective receptive field (from
+  :func:`kit.analysis.erf.effective_receptive_field`) as a heatmap over the image, the theoretical
+  RF box outlined (dashed), the unit's position marked, and, for deformable models, the
+  effective sampling points (:func:`kit.analysis.sampling_points.stacked_sampling_points`) on top,
+  their opacity the product of the DCNv2 masks along each path.
+* :func:`draw_kernel_space`: Deformable Kernels' view: the scope kernel ``W`` (S x S) with the
+  rigid tap positions (rings) and where the taps actually read it (dots, arrows).
+
+Coordinates: images span ``[0, W] x [0, H]`` with pixel ``i`` covering ``[i, i + 1)``; positions
+given as pixel indices (ERF maps, sampling points) are drawn at pixel centres.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib import patches
+
+from kit.viz.boxes import to_image
+
+
+def _array(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=float)
+
+
+def draw_erf(ax, erf, image=None, rf_box=None, points=None, point_weights=None, centre=None, title=None,
+             cmap: str = "inferno", alpha: float = 0.7, point_color: str = "cyan"):
+    """One ERF panel. erf (H, W); image (3, H, W) or None; rf_box (x0, y0, x1, y1) continuous;
+    points (N, 2) as (y, x) pixel indices with optional weights (N,) in [0, 1]; centre (x, y).
+
+    The heatmap is the ERF divided by its maximum (so panels compare shapes, not scales).
+    """
+    values = _array(erf)
+    h, w = values.shape
+    extent = (0, w, h, 0)
+    if image is not None:
+        ax.imshow(to_image(image), extent=extent, interpolation="nearest")
+    shown = values / max(values.max(), 1e-12)
+    heat = ax.imshow(shown, extent=extent, cmap=cmap, vmin=0, vmax=1, interpolation="nearest",
+                     alpha=alpha if image is not None else 1.0)
+    if rf_box is not None:
+        x0, y0, x1, y1 = [float(v) for v in rf_box]
+        ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white",
+                                       linestyle="--", linewidth=1.2))
+    if points is not None:
+        pts = _array(points).reshape(-1, 2)
+        weights = np.ones(len(pts)) if point_weights is None else np.clip(_array(point_weights).reshape(-1), 0, 1)
+        colours = np.zeros((len(pts), 4))
+        colours[:] = plt.matplotlib.colors.to_rgba(point_color)
+        colours[:, 3] = 0.15 + 0.85 * weights / max(weights.max(), 1e-12)
+        ax.scatter(pts[:, 1] + 0.5, pts[:, 0] + 0.5, s=6, c=colours, linewidths=0)
+    if centre is not None:
+        ax.plot([float(centre[0])], [float(centre[1])], marker="+", color="lime", markersize=9, mew=2)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    return heat
+
+
+def erf_figure(panels: dict, image=None, centre=None, size: float = 2.6, suptitle: str | None = None,
+               columns: int | None = None):
+    """A row (or grid) of ERF panels. panels: name -> dict of :func:`draw_erf` keywords
+    (``erf`` required; ``rf_box``, ``points``, ``point_weights``, ``image``, ``centre`` optional)."""
+    names = list(panels)
+    columns = columns or len(names)
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows + 0.4), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        options = dict(panels[name])
+        options.setdefault("image", image)
+        options.setdefault("centre", centre)
+        draw_erf(ax, title=name, **options)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def draw_kernel_space(ax, scope_kernel, sampled, rigid=None, title=None, cmap: str = "coolwarm"):
+    """Deformable Kernels in kernel space: the scope kernel (S, S) with its sampled tap positions.
+
+    sampled: (T, 2) ``(row, col)`` scope pixel coordinates the taps read; rigid: (T, 2) where they
+    sit before their offsets (default: none drawn). Scope pixel ``(r, c)`` is drawn centred at
+    ``(r, c)``; a tap outside ``(-1, S)`` reads zero.
+    """
+    kernel = _array(scope_kernel)
+    s_h, s_w = kernel.shape
+    bound = max(abs(kernel).max(), 1e-12)
+    ax.imshow(kernel, cmap=cmap, vmin=-bound, vmax=bound, extent=(-0.5, s_w - 0.5, s_h - 0.5, -0.5))
+    taps = _array(sampled).reshape(-1, 2)
+    if rigid is not None:
+        base = _array(rigid).reshape(-1, 2)
+        ax.scatter(base[:, 1], base[:, 0], s=40, facecolors="none", edgecolors="black", linewidths=1.0)
+        for (r0, c0), (r1, c1) in zip(base, taps):
+            ax.annotate("", xy=(c1, r1), xytext=(c0, r0), arrowprops=dict(arrowstyle="->", lw=0.8, color="black"))
+    ax.scatter(taps[:, 1], taps[:, 0], s=18, c="black")
+    ax.set_xlim(-1.2, s_w + 0.2)
+    ax.set_ylim(s_h + 0.2, -1.2)
+    ax.set_xticks(range(s_w))
+    ax.set_yticks(range(s_h))
+    ax.tick_params(labelsize=6)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
