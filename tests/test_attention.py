@@ -245,3 +245,23 @@ def test_partners_and_dcal_arguments():
         random_partners(1)
     with pytest.raises(ValueError, match="local_ratio"):
         DCAL(small_vit(), local_ratio=0.0)
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def test_attention_drawing_helpers():
+    import matplotlib.pyplot as plt
+
+    from kit.viz.attention import draw_attention, draw_points, draw_tokens
+
+    fig, ax = plt.subplots()
+    draw_attention(ax, torch.rand(3, 32, 32), torch.rand(8, 8), title="t", query=(3.0, 4.0), colorbar=True)
+    draw_tokens(ax, torch.tensor([0, 63]), (8, 8), 32)
+    draw_points(ax, torch.rand(9, 2) * 32)
+    assert len(ax.images) == 2 and len(ax.patches) == 2 and len(ax.collections) == 2
+    with pytest.raises(ValueError, match=r"\(h, w\)"):
+        draw_attention(ax, torch.rand(3, 32, 32), torch.rand(64))
+    with pytest.raises(ValueError, match="outside"):
+        draw_tokens(ax, [64], (8, 8), 32)
+    plt.close(fig)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from kit.analysis.erf import (ReceptiveField, effective_receptive_field, erf_mass_inside, erf_radius,
-                              receptive_field)
+from kit.analysis.erf import (ReceptiveField, centred_mean, effective_receptive_field, erf_mass_inside,
+                              erf_radius, receptive_field)
 from kit.analysis.sampling_points import record_deformable, stacked_sampling_points
 from kit.nn.backbone import BasicBlock
 from kit.ops.deform_conv import DeformConv2d
@@ -58,6 +58,10 @@ def test_fractional_positions_interpolate_units_and_batch_mode_is_restored():
     c = effective_receptive_field(stack, images[2:], torch.tensor([[1.0, 1.5]]))
     torch.testing.assert_close(c, 0.5 * (a + b))  # positive gradients: |.| is linear here
     assert stack.training  # eval mode only while computing
+    bound = torch.nn.Sequential(stack).forward  # a bound method of a module: eval mode
+    running_mean = stack[1].running_mean.clone()
+    effective_receptive_field(bound, images)
+    assert torch.equal(stack[1].running_mean, running_mean) and stack.training
     mean = effective_receptive_field(stack, images, torch.tensor([[1.0, 1.0]] * 3))
     singles = [effective_receptive_field(stack, images[i:i + 1], torch.tensor([[1.0, 1.0]])) for i in range(3)]
     torch.testing.assert_close(mean, sum(singles) / 3)  # eval mode: images do not interact
@@ -84,6 +88,16 @@ def test_erf_radius_and_mass_inside():
     assert inside[0] == 0 and 0.4 < inside[1] < 0.5
     with pytest.raises(ValueError, match="mass"):
         erf_radius(erf, torch.zeros(2, 2), mass=0)
+
+
+def test_centred_mean_aligns_each_erf_on_its_centre():
+    erfs = torch.zeros(2, 10, 12)
+    erfs[0, 2, 3], erfs[0, 2, 4] = 1.0, 0.5  # peak at (2, 3), right neighbour
+    erfs[1, 8, 11] = 3.0  # peak in the corner: its window runs off the image
+    mean = centred_mean(erfs, torch.tensor([[2.0, 3.0], [8.2, 10.9]]), size=5)
+    assert mean.shape == (5, 5) and mean[2, 2] == 2.0 and mean[2, 3] == 0.25 and mean.sum() == 2.25
+    with pytest.raises(ValueError, match="centres"):
+        centred_mean(erfs, torch.zeros(3, 2), 5)
 
 
 def test_receptive_field_rules_and_errors():

@@ -41,7 +41,7 @@ def test_classes_with_one_base_differ_only_near_the_marker():
     inside = data.object_masks.clone()
     grid = torch.arange(32) + 0.5
     near = ((grid[None, None, :] - data.markers[:, 0, None, None]) ** 2
-            + (grid[None, :, None] - data.markers[:, 1, None, None]) ** 2) <= 4.0  # (B, H, W)
+            + (grid[None, :, None] - data.markers[:, 1, None, None]) ** 2) <= (data.config.marker_radius + 0.5) ** 2
     body = inside & ~near
     colour = lambda mask, d: data.images.float().permute(0, 2, 3, 1)[mask & (data.details == d)[:, None, None]].mean(0)
     assert (colour(body, 0) - colour(body, 1)).abs().max() < 12  # the body looks alike for both classes
@@ -55,3 +55,33 @@ def test_bad_config_raises():
         FineShapesConfig(images_per_class=0)
     with pytest.raises(ValueError, match="min_extent"):
         FineShapesConfig(images_per_class=2, min_extent=0.8, max_extent=0.5)
+
+
+# --------------------------------------------------------------------------- context scenes (P41)
+
+from kit.data.context_scenes import ContextScenesConfig, generate_context_scenes  # noqa: E402
+
+
+def test_context_scene_labels_follow_the_ring():
+    scenes = generate_context_scenes(ContextScenesConfig(num_images=40, image_size=48, min_size=6, max_size=12,
+                                                         key_size=(12, 16), num_colours=3, seed=4))
+    assert scenes.images.shape == (40, 3, 48, 48) and scenes.labels.shape == (40, 48, 48)
+    assert scenes.class_names == ["background", "red", "blue", "yellow"]
+    for i in range(40):
+        on_objects = scenes.labels[i][scenes.labels[i] > 0]
+        assert (on_objects == 1 + scenes.key_colours[i]).all()  # every object takes the ring's colour
+        assert scenes.key_masks[i].sum() > 10 and (scenes.labels[i][scenes.key_masks[i]] > 0).all()
+    # The ring is a ring: its centre pixel is not part of it.
+    cx, cy = scenes.key_centres[:, 0].long(), scenes.key_centres[:, 1].long()
+    assert not scenes.key_masks[torch.arange(40), cy, cx].any()
+    # The colours of the other objects do not give the label away: they are random.
+    assert len(torch.unique(scenes.key_colours)) == 3
+
+
+def test_context_scenes_are_seeded_and_validated():
+    config = ContextScenesConfig(num_images=6, seed=1)
+    assert torch.equal(generate_context_scenes(config).images, generate_context_scenes(config).images)
+    with pytest.raises(ValueError, match="num_colours"):
+        ContextScenesConfig(num_images=2, num_colours=1)
+    with pytest.raises(ValueError, match="key_size"):
+        ContextScenesConfig(num_images=2, key_size=(20, 10))

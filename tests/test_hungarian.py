@@ -79,6 +79,8 @@ def test_aux_layers_and_empty_images():
     assert torch.allclose(losses["aux"], losses["cls"] + losses["l1"] + losses["giou"])
     (rows, cols), = hungarian_match(logits, boxes, [empty], "softmax")
     assert rows.numel() == 0 and cols.numel() == 0
+    nothing = set_loss({"logits": logits, "boxes": boxes}, [empty], 3, mode="softmax")  # a batch without objects
+    assert float(nothing["l1"]) == 0 and float(nothing["giou"]) == 0 and float(nothing["cls"]) > 0
 
 
 def test_targets_from_pixels():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kit.nn.sparse_resnet import SparseSegNet
+from kit.nn.sparse_resnet import SparseSegNet, flop_report
 
 
 def make(sparse=True, bias=None):
@@ -57,6 +57,18 @@ def test_real_flops_fall_with_the_mask_density():
     # the conv1 / conv2 multiply-adds of two blocks at density 1 minus those at 4 positions
     per_position = 2 * (8 * 4 + 4 * 4 * 9)
     assert almost_dense - sparse_flops == 2 * per_position * (256 - 4)
+
+
+def test_flop_report_real_and_expected():
+    images = torch.rand(2, 3, 32, 32)
+    dense = flop_report(make(sparse=False), images)
+    assert dense["real"] == dense["expected"] == count(make(sparse=False).eval(), images) / 2
+    near_dense = flop_report(make(bias=12.0), images, torch.Generator().manual_seed(0))
+    # p ~ 1: every position sampled, expected = real
+    assert abs(near_dense["expected"] - near_dense["real"]) / near_dense["real"] < 1e-4
+    half = flop_report(make(bias=0.0), images, torch.Generator().manual_seed(0))  # p = 0.5 everywhere
+    assert 0.4 < half["densities"]["m1"][0] < 0.6
+    assert abs(half["expected"] - half["real"]) / half["real"] < 0.05  # a Bernoulli(0.5) sample over 512 positions
 
 
 def test_sparsity_loss_uses_probabilities_and_trains_the_mask_predictor():

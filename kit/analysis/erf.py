@@ -34,26 +34,31 @@ from torch import nn
 from kit.ops.deform_conv import DeformConv2d, bilinear_sample
 from kit.ops.deformable_kernels import DeformableKernel2d
 
-__all__ = ["effective_receptive_field", "erf_radius", "erf_mass_inside", "ReceptiveField", "receptive_field"]
+__all__ = ["effective_receptive_field", "erf_radius", "erf_mass_inside", "centred_mean", "ReceptiveField",
+           "receptive_field"]
 
 
 @contextlib.contextmanager
-def _eval_mode(model):
-    was_training = getattr(model, "training", False)
-    if isinstance(model, nn.Module):
-        model.eval()
+def _eval_mode(feature_fn):
+    """Eval mode for the module behind ``feature_fn`` (a module, or a bound method of one)."""
+    module = feature_fn if isinstance(feature_fn, nn.Module) else getattr(feature_fn, "__self__", None)
+    if not isinstance(module, nn.Module):
+        yield
+        return
+    was_training = module.training
+    module.eval()
     try:
         yield
     finally:
-        if isinstance(model, nn.Module):
-            model.train(was_training)
+        module.train(was_training)
 
 
 def effective_receptive_field(feature_fn, images: torch.Tensor, positions: torch.Tensor | None = None,
                               per_image: bool = False) -> torch.Tensor:
     """The ERF of one output unit per image, averaged over the images (or per image).
 
-    feature_fn: images (B, 3, H, W) -> feature map (B, C, h, w) (a module runs in eval mode).
+    feature_fn: images (B, 3, H, W) -> feature map (B, C, h, w); a module, or a bound method of
+    one (``model.features``), runs in eval mode and is put back in its mode afterwards.
     positions: (B, 2) ``(row, col)`` of the unit in feature-map coordinates, fractional allowed
     (bilinear), or None for the centre unit ``(h // 2, w // 2)`` of every image.
     Returns (H, W), or (B, H, W) with ``per_image``: summed absolute input gradients.
@@ -104,6 +109,24 @@ def erf_mass_inside(erf: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"erf {tuple(erf.shape)} and masks {tuple(masks.shape)} must have the same shape")
     total = erf.flatten(1).sum(1)
     return (erf * masks).flatten(1).sum(1) / total.clamp(min=torch.finfo(erf.dtype).tiny)
+
+
+def centred_mean(erfs: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean of per-object ERFs, each cut out around its own centre: (P, H, W) -> (size, size).
+
+    centres: (P, 2) integer-rounded ``(row, col)`` pixel indices, placed at ``(size // 2, size // 2)``
+    of the window; pixels beyond the image count as zero. Averaging over many objects this way
+    (Luo et al. average over images) shows the ERF's typical shape without one image's noise.
+    """
+    if erfs.dim() != 3 or centres.shape != (erfs.shape[0], 2):
+        raise ValueError(f"need erfs (P, H, W) and centres (P, 2); got {tuple(erfs.shape)}, {tuple(centres.shape)}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    half = size // 2
+    padded = torch.nn.functional.pad(erfs, (half, half, half, half))  # (P, H + 2 half, W + 2 half)
+    rows, cols = centres.round().long().unbind(1)
+    windows = [padded[i, r:r + size, c:c + size] for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist()))]
+    return torch.stack(windows).mean(0)
 
 
 # --------------------------------------------------------------------------- theoretical RF

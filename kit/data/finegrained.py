@@ -47,8 +47,8 @@ class FineShapesConfig:
     image_size: int = 32
     min_extent: float = 0.45  # object's longer side, as a fraction of the image size
     max_extent: float = 0.75
-    marker_radius: float = 1.6
-    max_distractors: int = 3  # background dots in marker colours, 0..max per image
+    marker_radius: float = 2.2  # a dot of about 5 x 5 pixels
+    max_distractors: int = 2  # background dots in marker colours, 0..max per image
     texture: float = 0.35
     seed: int = 0
 

@@ -105,10 +105,16 @@ def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dic
     logits (B, Q, K[+1]), boxes (B, Q, 4) normalised (cx, cy, w, h); targets from
     :func:`targets_from_pixels`. Every object gets exactly one query.
     """
+    batch, queries = logits.shape[:2]
+    sizes = [len(t["labels"]) for t in targets]
+    # one cost matrix for all queries against all objects of the batch, moved to the CPU once
+    all_labels = torch.cat([t["labels"] for t in targets]).to(logits.device)
+    all_boxes = torch.cat([t["boxes"] for t in targets]).to(boxes.device)
+    cost = match_cost(logits.flatten(0, 1).float(), boxes.flatten(0, 1), all_labels, all_boxes, mode, weights)
+    cost = cost.view(batch, queries, len(all_labels)).cpu()  # (B, Q, sum M)
     matches = []
-    for image_logits, image_boxes, target in zip(logits, boxes, targets):
-        cost = match_cost(image_logits.float(), image_boxes, target["labels"], target["boxes"], mode, weights)
-        rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    for image, image_cost in enumerate(cost.split(sizes, dim=-1)):
+        rows, cols = linear_sum_assignment(image_cost[image].numpy())  # this image's queries and objects
         matches.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
     return matches
 

@@ -85,7 +85,7 @@ class RBFSearch:
         if len(self.bounds) == 1:
             unit = np.linspace(0, 1, count)[:, None]  # both ends and evenly between
         else:
-            unit = qmc.LatinHypercube(d=len(self.bounds), rng=self.rng).random(count)
+            unit = qmc.LatinHypercube(d=len(self.bounds), seed=self.rng).random(count)  # seed=: SciPy >= 1.11
         return [tuple(int(v) for v in row) for row in np.rint(low + unit * (high - low))]
 
     # ------------------------------------------------------------------ evaluation

@@ -22,11 +22,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from kit.ops.gumbel import gumbel_sigmoid, threshold_mask
 from kit.ops.sparse_interp import grid_prior, interpolate, sparse_conv2d
 
-__all__ = ["SparseBottleneck", "SparseSegNet", "TEST_TEMPERATURE"]
+__all__ = ["SparseBottleneck", "SparseSegNet", "TEST_TEMPERATURE", "conv_flops", "flop_report"]
 
 TEST_TEMPERATURE = 0.03  # the official test-time temperature (noise is still added)
 
@@ -134,3 +135,38 @@ class SparseSegNet(nn.Module):
                 out["m" + key].append(float((block.last["m" + key] > 0).float().mean()))
                 out["p" + key].append(float(grid_prior(block.last["p" + key].detach(), block.grid_interval).mean()))
         return out
+
+
+def conv_flops(conv: nn.Conv2d, out_height: int, out_width: int) -> int:
+    """FLOPs (2 per multiply-add) of a convolution evaluated at every output position, per image."""
+    k_h, k_w = conv.kernel_size
+    return 2 * out_height * out_width * conv.out_channels * (conv.in_channels // conv.groups) * k_h * k_w
+
+
+@torch.no_grad()
+def flop_report(model: SparseSegNet, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+    """FLOPs per image of one test-time pass: measured, and expected from the mask probabilities.
+
+    ``real``: counted by :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and
+    matrix products) while conv1/conv2 run at the sampled positions only; it includes the mask
+    predictors and the interpolation. ``expected``: the same pass if every position were
+    sampled with its probability ``p`` (what the sparsity loss controls): ``real`` minus the
+    sampled conv1/conv2 FLOPs plus ``p``-weighted dense ones. For the dense network both equal
+    the counted FLOPs.
+    """
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(images, generator=generator)
+    model.train(was_training)
+    real = counter.get_total_flops() / images.shape[0]
+    if not model.sparse:
+        return {"real": real, "expected": real}
+    densities = model.densities()
+    realised = expected = 0.0
+    for i, block in enumerate(model.blocks):
+        h, w = block.last["m1"].shape[-2:]
+        full1, full2 = conv_flops(block.conv1[0], h, w), conv_flops(block.conv2[0], h, w)
+        realised += densities["m1"][i] * full1 + densities["m2"][i] * full2
+        expected += densities["p1"][i] * full1 + densities["p2"][i] * full2
+    return {"real": real, "expected": real - realised + expected, "densities": densities}

@@ -55,21 +55,21 @@ def _check_inputs(input: torch.Tensor, boxes: torch.Tensor, pool_size: int) -> N
 
 
 def border_sample_points(boxes: torch.Tensor, pool_size: int) -> torch.Tensor:
-    """The sample points of every side: (..., K, 4) boxes -> (..., K, 4 sides, pool_size + 1, 2) xy.
+    """The sample points of every side: boxes (..., 4) -> (..., 4 sides, pool_size + 1, 2) xy.
 
     Side order top, left, bottom, right; top/left walk from (x1, y1), bottom/right walk back
     from (x2, y2), as in mmcv's kernel.
     """
-    x1, y1, x2, y2 = boxes.unbind(-1)  # (..., K) each
+    x1, y1, x2, y2 = boxes.unbind(-1)  # (...) each
     steps = torch.arange(pool_size + 1, device=boxes.device, dtype=boxes.dtype) / pool_size  # (P+1,)
-    w, h = (x2 - x1)[..., None], (y2 - y1)[..., None]  # (..., K, 1)
-    along = lambda start, length, sign: start[..., None] + sign * length * steps  # (..., K, P+1)
+    w, h = (x2 - x1)[..., None], (y2 - y1)[..., None]  # (..., 1)
+    along = lambda start, length, sign: start[..., None] + sign * length * steps  # (..., P+1)
     fixed = lambda value: value[..., None].expand(*value.shape, pool_size + 1)
     top = torch.stack([along(x1, w, 1), fixed(y1)], -1)
     left = torch.stack([fixed(x1), along(y1, h, 1)], -1)
     bottom = torch.stack([along(x2, w, -1), fixed(y2)], -1)
     right = torch.stack([fixed(x2), along(y2, h, -1)], -1)
-    return torch.stack([top, left, bottom, right], dim=-3)  # (..., K, 4, P+1, 2)
+    return torch.stack([top, left, bottom, right], dim=-3)  # (..., 4, P+1, 2)
 
 
 def _sample(input: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -85,14 +85,15 @@ def _sample(input: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     # centres sit at integer coordinates; "border" padding is mmcv's clamp onto the edge.
     scale = points.new_tensor([max(w - 1, 1), max(h - 1, 1)])
     grid = 2 * points / scale - 1  # (a 1-pixel axis maps every coordinate to its one pixel)
-    features = input.reshape(b * 4, four_c // 4, h, w)  # block s of image i is row 4 i + s
-    samples = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    features = input.reshape(b * 4, four_c // 4, h, w).float()  # block s of image i is row 4 i + s
+    # float32 coordinates and values even under AMP: bfloat16 grids would move samples by ~0.1 px
+    samples = F.grid_sample(features, grid.float(), mode="bilinear", padding_mode="border", align_corners=True)
     # mmcv: a sample more than one pixel outside the map reads 0.
     x, y = points[..., 0], points[..., 1]
     inside = (x >= -1) & (x <= w) & (y >= -1) & (y <= h)  # (B*4, P+1, K)
     if not bool(inside.all()):
         samples = samples * inside[:, None].to(samples.dtype)  # (B*4, C, P+1, K)
-    return samples.view(b, 4, four_c // 4, samples_per_side, k)
+    return samples.view(b, 4, four_c // 4, samples_per_side, k).to(input.dtype)
 
 
 def border_align(input: torch.Tensor, boxes: torch.Tensor, pool_size: int = 10,
@@ -105,7 +106,7 @@ def border_align(input: torch.Tensor, boxes: torch.Tensor, pool_size: int = 10,
     ``grid_sample`` spreads it over that sample's four neighbours.
     """
     _check_inputs(input, boxes, pool_size)
-    points = border_sample_points(boxes.detach(), pool_size).to(input.dtype)  # (B, K, 4, P+1, 2)
+    points = border_sample_points(boxes.detach().float(), pool_size)  # (B, K, 4, P+1, 2)
     points = points.permute(0, 2, 3, 1, 4)  # (B, 4, P+1, K, 2)
     pooled, argmax = _sample(input, points).max(dim=3)  # (B, 4, C, K); the first maximum wins
     pooled, argmax = pooled.permute(0, 2, 3, 1), argmax.permute(0, 2, 3, 1)  # (B, C, K, 4)

@@ -41,16 +41,18 @@ def gumbel_sigmoid(probs: torch.Tensor, temperature: float = 1.0, hard: bool = F
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if probs.numel() and (probs.min() < 0 or probs.max() > 1):
         raise ValueError("gumbel_sigmoid takes probabilities in [0, 1] (apply a sigmoid to logits first)")
-    u1 = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
-    u2 = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+    dtype = torch.promote_types(probs.dtype, torch.float32)  # noise in at least float32, also under autocast
+    u1 = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=dtype)
+    u2 = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=dtype)
     g1 = -torch.log(-torch.log(u1 + eps) + eps)  # Gumbel noise, with the official eps guards
     g2 = -torch.log(-torch.log(u2 + eps) + eps)
-    score_on = (torch.log(probs + eps) + g1) / (temperature + eps)
-    score_off = (torch.log(1 - probs + eps) + g2) / (temperature + eps)
+    p = probs.to(dtype)
+    score_on = (torch.log(p + eps) + g1) / (temperature + eps)
+    score_off = (torch.log(1 - p + eps) + g2) / (temperature + eps)
     soft = torch.sigmoid(score_on - score_off)  # = softmax([on, off])[0]
-    if not hard:
-        return soft
-    return straight_through((soft >= 0.5).to(soft.dtype), soft)
+    if hard:
+        soft = straight_through((soft >= 0.5).to(dtype), soft)
+    return soft.to(probs.dtype)
 
 
 def threshold_mask(mask: torch.Tensor) -> torch.Tensor:

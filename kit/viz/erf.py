@@ -32,16 +32,23 @@ def draw_erf(ax, erf, image=None, rf_box=None, points=None, point_weights=None, 
     """One ERF panel. erf (H, W); image (3, H, W) or None; rf_box (x0, y0, x1, y1) continuous;
     points (N, 2) as (y, x) pixel indices with optional weights (N,) in [0, 1]; centre (x, y).
 
-    The heatmap is the ERF divided by its maximum (so panels compare shapes, not scales).
+    The heatmap is the ERF divided by its 99.5th percentile and clipped at 1 (so panels compare
+    shapes, not scales, and one hot pixel does not wash the rest out); over an image its opacity
+    grows with the ERF, so the image shows where the ERF is weak.
     """
     values = _array(erf)
     h, w = values.shape
     extent = (0, w, h, 0)
     if image is not None:
         ax.imshow(to_image(image), extent=extent, interpolation="nearest")
-    shown = values / max(values.max(), 1e-12)
+    scale = max(np.percentile(values, 99.5), 1e-12)  # robust to a few hot pixels
+    shown = np.clip(values / scale, 0, 1)
+    if image is not None:  # opacity follows the ERF, so the image shows where the ERF is weak
+        colours = plt.get_cmap(cmap)(shown)
+        colours[..., 3] = alpha * shown ** 0.4
+        ax.imshow(colours, extent=extent, interpolation="nearest")
     heat = ax.imshow(shown, extent=extent, cmap=cmap, vmin=0, vmax=1, interpolation="nearest",
-                     alpha=alpha if image is not None else 1.0)
+                     alpha=0.0 if image is not None else 1.0)
     if rf_box is not None:
         x0, y0, x1, y1 = [float(v) for v in rf_box]
         ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white",
@@ -52,7 +59,8 @@ def draw_erf(ax, erf, image=None, rf_box=None, points=None, point_weights=None, 
         colours = np.zeros((len(pts), 4))
         colours[:] = plt.matplotlib.colors.to_rgba(point_color)
         colours[:, 3] = 0.15 + 0.85 * weights / max(weights.max(), 1e-12)
-        ax.scatter(pts[:, 1] + 0.5, pts[:, 0] + 0.5, s=6, c=colours, linewidths=0)
+        size = max(5.0, 40.0 / np.sqrt(len(pts)))  # few points drawn larger than many
+        ax.scatter(pts[:, 1] + 0.5, pts[:, 0] + 0.5, s=size, c=colours, edgecolors="black", linewidths=0.3)
     if centre is not None:
         ax.plot([float(centre[0])], [float(centre[1])], marker="+", color="lime", markersize=9, mew=2)
     ax.set_xlim(0, w)
