@@ -260,6 +260,9 @@ def test_attention_drawing_helpers():
     draw_tokens(ax, torch.tensor([0, 63]), (8, 8), 32)
     draw_points(ax, torch.rand(9, 2) * 32)
     assert len(ax.images) == 2 and len(ax.patches) == 2 and len(ax.collections) == 2
+    placed = draw_attention(ax, torch.rand(3, 32, 32), torch.rand(4, 4), cell=8, first_centre=0.5)
+    assert placed.get_extent() == [-3.5, 28.5, 28.5, -3.5]  # cell centres at 0.5, 8.5, 16.5, 24.5
+    assert ax.get_xlim() == (0, 32)
     with pytest.raises(ValueError, match=r"\(h, w\)"):
         draw_attention(ax, torch.rand(3, 32, 32), torch.rand(64))
     with pytest.raises(ValueError, match="outside"):

@@ -65,6 +65,11 @@ def test_border_losses_do_not_reach_the_first_stage_box_regression(scenes):
     assert model.head.border_reg_conv.weight.grad.abs().sum() > 0
     assert model.head.reg_tower[0][0].weight.grad.abs().sum() > 0  # the tower feeds the branch
     assert coarse_labels.shape == out.boxes.shape[:2]
+    model.zero_grad(set_to_none=True)
+    model.head.detach_towers = True  # the switch: the border stage no longer reaches the towers
+    losses = borderdet_loss(model(images), boxes, labels, iou_thresh=0.3)
+    (losses["border_cls"] + losses["border_box"]).backward()
+    assert model.head.reg_tower[0][0].weight.grad is None and model.head.border_reg_conv.weight.grad is not None
 
 
 def test_test_time_switches_and_a_few_steps(scenes):

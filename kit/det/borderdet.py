@@ -81,14 +81,16 @@ class BorderHead(ATSSHead):
     """The ATSS head plus BorderDet's border branches and second-stage predictions.
 
     ``rescore`` and ``refine`` switch the two test-time uses of the border stage (for the
-    ablation: the same trained model with either turned off).
+    ablation: the same trained model with either turned off). ``detach_towers`` (not in the
+    paper, off by default) stops the border losses' gradient at the towers' outputs, so that
+    the border stage cannot change the first stage's features.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 64, feat_channels: int = 64,
                  stacked_convs: int = 2, num_levels: int = 3, border_channels: tuple = (64, 32),
-                 pool_size: int = 10, bbox_std: float = 0.5):
+                 pool_size: int = 10, bbox_std: float = 0.5, detach_towers: bool = False):
         super().__init__(num_classes, in_channels, feat_channels, stacked_convs, num_levels)
-        self.bbox_std, self.rescore, self.refine = bbox_std, True, True
+        self.bbox_std, self.rescore, self.refine, self.detach_towers = bbox_std, True, True, detach_towers
         self.border_cls_branch = BorderBranch(feat_channels, border_channels[0], pool_size)
         self.border_reg_branch = BorderBranch(feat_channels, border_channels[1], pool_size)
         self.border_cls_conv = nn.Conv2d(feat_channels, num_classes, 1)
@@ -118,6 +120,8 @@ class BorderHead(ATSSHead):
                 ltrb = distances.detach().flatten(2).transpose(1, 2)  # (B, HW, 4)
                 coarse = distance2bbox(points / stride, ltrb) * stride  # (B, HW, 4) px
                 boxes = feature_map_boxes(coarse, stride, h, w)
+            if self.detach_towers:
+                cls_feat, reg_feat = cls_feat.detach(), reg_feat.detach()
             border_cls = self.border_cls_branch(cls_feat, boxes)  # (B, F, H, W)
             border_reg = self.border_reg_branch(reg_feat, boxes)
             out["border_cls_logits"].append(self.border_cls_conv(border_cls))  # (B, C, H, W)

@@ -18,11 +18,14 @@ def _array(values) -> np.ndarray:
 
 
 def draw_attention(ax, image, weights, title: str | None = None, query=None, cmap: str = "inferno",
-                   alpha: float = 0.65, vmax: float | None = None, colorbar: bool = False):
+                   alpha: float = 0.65, vmax: float | None = None, colorbar: bool = False,
+                   cell: float | None = None, first_centre: float | None = None):
     """Blend a (h, w) map of weights over ``image`` (3, H, W); ``query`` = (x, y) in pixels is marked.
 
     The map is scaled to [0, its max] (or [0, vmax]) and drawn cell by cell (no smoothing), so
-    the grid of tokens stays visible.
+    the grid of tokens stays visible. By default the cells tile the image (ViT patches); for a
+    feature map pass ``cell`` (pixels between cell centres, e.g. the stride) and ``first_centre``
+    (the pixel coordinate of cell 0's centre) to place each cell where it really is.
     """
     weights = _array(weights)
     if weights.ndim != 2:
@@ -30,9 +33,15 @@ def draw_attention(ax, image, weights, title: str | None = None, query=None, cma
     picture = to_image(image)
     height, width = picture.shape[:2]
     ax.imshow(picture, extent=(0, width, height, 0))
+    if cell is None:
+        extent = (0, width, height, 0)
+    else:
+        start = (first_centre if first_centre is not None else cell / 2) - cell / 2
+        extent = (start, start + cell * weights.shape[1], start + cell * weights.shape[0], start)
     top = vmax if vmax is not None else max(float(weights.max()), 1e-12)
-    shown = ax.imshow(weights, extent=(0, width, height, 0), cmap=cmap, alpha=alpha, vmin=0, vmax=top,
-                      interpolation="nearest")
+    shown = ax.imshow(weights, extent=extent, cmap=cmap, alpha=alpha, vmin=0, vmax=top, interpolation="nearest")
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
     if query is not None:
         ax.scatter([query[0]], [query[1]], s=60, marker="x", color="cyan", linewidths=2)
     if title:
