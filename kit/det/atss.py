@@ -60,15 +60,25 @@ class ATSSHead(nn.Module):
                     nn.init.zeros_(module.bias)
         nn.init.constant_(self.cls_conv.bias, prior_bias(0.01))
 
+    def decode_distances(self, raw: torch.Tensor, scale: nn.Module) -> torch.Tensor:
+        """Box-side distances in strides from the regression conv's output: ``scale * exp(raw)``."""
+        return scale(raw.exp()).float()  # (B, 4, H, W)
+
+    def level_outputs(self, x: torch.Tensor, scale: nn.Module) -> dict:
+        """One level's predictions, plus the two towers' features (for heads that add branches)."""
+        cls_feat, reg_feat = self.cls_tower(x), self.reg_tower(x)
+        logits = self.cls_conv(cls_feat)  # (B, C, H, W)
+        return {"cls_logits": logits, "cls_probs": logits.sigmoid(),
+                "distances": self.decode_distances(self.reg_conv(reg_feat), scale),  # (B, 4, H, W)
+                "centerness_logits": self.centerness_conv(reg_feat),  # (B, 1, H, W)
+                "cls_feat": cls_feat, "reg_feat": reg_feat}
+
     def forward(self, features, level_points, strides) -> dict:
         out = {"cls_probs": [], "cls_logits": [], "distances": [], "centerness_logits": []}
         for x, scale in zip(features, self.scales):
-            cls_feat, reg_feat = self.cls_tower(x), self.reg_tower(x)
-            logits = self.cls_conv(cls_feat)  # (B, C, H, W)
-            out["cls_logits"].append(logits)
-            out["cls_probs"].append(logits.sigmoid())
-            out["distances"].append(scale(self.reg_conv(reg_feat).exp()).float())  # (B, 4, H, W)
-            out["centerness_logits"].append(self.centerness_conv(reg_feat))  # (B, 1, H, W)
+            level = self.level_outputs(x, scale)
+            for key in out:
+                out[key].append(level[key])
         return out
 
 

@@ -87,16 +87,10 @@ class AutoAssignHead(ATSSHead):
     def objectness_conv(self) -> nn.Conv2d:
         return self.centerness_conv
 
-    def forward(self, features, level_points, strides) -> dict:
-        out = {"cls_probs": [], "cls_logits": [], "distances": [], "centerness_logits": []}
-        for x, scale in zip(features, self.scales):
-            cls_feat, reg_feat = self.cls_tower(x), self.reg_tower(x)
-            logits = self.cls_conv(cls_feat)  # (B, C, H, W)
-            out["cls_logits"].append(logits)
-            out["cls_probs"].append(logits.sigmoid())
-            out["distances"].append(F.relu(scale(self.reg_conv(reg_feat)).float()))  # (B, 4, H, W) strides
-            out["centerness_logits"].append(self.objectness_conv(reg_feat))  # ImpObj (B, 1, H, W)
-        return out
+    def decode_distances(self, raw: torch.Tensor, scale: nn.Module) -> torch.Tensor:
+        """``relu(scale * raw)`` strides (the official head), not ATSS's ``exp``; the
+        centre-ness slot holds ImpObj (same conv, see the class docstring)."""
+        return F.relu(scale(raw)).float()  # (B, 4, H, W)
 
 
 def inside_mask(points: torch.Tensor, gt_boxes: torch.Tensor, prior: torch.Tensor,

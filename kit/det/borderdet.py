@@ -107,13 +107,10 @@ class BorderHead(ATSSHead):
                                 "border_cls_logits", "border_deltas", "align_boxes")}
         for x, points, stride, scale in zip(features, level_points, strides, self.scales):
             b, _, h, w = x.shape
-            cls_feat, reg_feat = self.cls_tower(x), self.reg_tower(x)
-            logits = self.cls_conv(cls_feat)  # (B, C, H, W)
-            distances = scale(self.reg_conv(reg_feat).exp()).float()  # (B, 4, H, W) ltrb, strides
-            out["cls_logits"].append(logits)
-            out["cls_probs"].append(logits.sigmoid())
-            out["distances"].append(distances)
-            out["centerness_logits"].append(self.centerness_conv(reg_feat))
+            level = self.level_outputs(x, scale)  # the ATSS predictions of this level
+            cls_feat, reg_feat, distances = level["cls_feat"], level["reg_feat"], level["distances"]
+            for key in ("cls_logits", "cls_probs", "distances", "centerness_logits"):
+                out[key].append(level[key])
 
             # The coarse box B0 of every location, detached, on this level's feature map.
             with torch.no_grad():
