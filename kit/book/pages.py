@@ -75,7 +75,7 @@ def banner(notebook: dict, root: Path | None = None) -> str:
 def copy_notebook(source: Path, target: Path, root: Path | None = None) -> None:
     notebook = json.loads(source.read_text())
     shown = copy.deepcopy(notebook)
-    cell = {"cell_type": "markdown", "metadata": {}, "source": banner(notebook, root)}
+    cell = {"cell_type": "markdown", "id": "kit-provenance-banner", "metadata": {}, "source": banner(notebook, root)}
     shown["cells"].insert(1 if shown["cells"] else 0, cell)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(shown, indent=1))
@@ -114,27 +114,27 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
              "the paper's numbers, our verdict, where it ran, and whether the executed page is still "
              "up to date with the code. Numbers from the cpu profile come from a reduced-scale run on "
              "a laptop-class CPU: they test the direction of a claim, not its size.", "",
-             "| paper | claim | ours | paper's numbers | verdict | ran at | page |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| paper | claim | ours | paper's numbers | verdict | ran at |",
+             "| --- | --- | --- | --- | --- | --- |"]
     titles = {p["id"]: p for p in papers}
     for paper_id in sorted(by_paper):
         rec = by_paper[paper_id]
         paper = titles.get(paper_id, {"short": paper_id, "chapter": ""})
         metric = rec["headline"]
-        ours = "<br>".join(f"{method}: {_fmt(m[metric], 100 if rec.get('percent', True) else 1)} {metric}"
+        ours = "<br>".join(f"{method}: {_fmt(m[metric], 100)} {metric}"
                            for method, m in rec["metrics"].items())
         theirs = "<br>".join(f"{k}: {v}" for k, v in rec["paper_numbers"].items())
         nb = notebook_for(paper, root) if "chapter" in paper and paper["chapter"] else None
         if nb is None:
-            page = "no notebook"
+            page = f"{paper.get('short', '')} (no notebook)"
         else:
             state = provenance.status(json.loads(nb.read_text()), rec["profile"], root)
             link = f"[{paper['short']}](notebooks/{paper['chapter']}/{nb.stem}.ipynb)"
             page = f"{link} {'(stale)' if state.needs_run else '(up to date)'}"
-        lines.append(f"| **{paper_id}** {paper.get('short', '')} | {rec['claim']} | {ours} | {theirs} | "
-                     f"**{rec['verdict']}** | {rec['profile']}, {rec['device']}, {rec['wall_seconds']:.0f} s | {page} |")
+        lines.append(f"| **{paper_id}** {page} | {rec['claim']} | {ours} | {theirs} | "
+                     f"**{rec['verdict']}** | {rec['profile']}, {rec['device']}, {rec['wall_seconds']:.0f} s |")
     if not by_paper:
-        lines.append("| — | no results recorded yet | | | | | |")
+        lines.append("| — | no results recorded yet | | | | |")
     return "\n".join(lines) + "\n"
 
 
