@@ -46,7 +46,8 @@ def record(paper: str, profile: str, device, seeds: list[int], metrics: dict, cl
     """Write the results record; returns its path.
 
     metrics: method -> metric -> list of per-seed values (summarised here). headline: the
-    metric the scoreboard shows (must be in every method). verdict: one of :data:`VERDICTS`.
+    metric the scoreboard shows (must be in every method), a fraction in [0, 1] (AP, mIoU,
+    accuracy; the scoreboard prints it in %). verdict: one of :data:`VERDICTS`.
     """
     if not _PAPER_ID.match(paper):
         raise ValueError(f"paper must look like 'P01', got {paper!r}")
@@ -66,6 +67,10 @@ def record(paper: str, profile: str, device, seeds: list[int], metrics: dict, cl
             summary[method][name] = summarize(values)
         if headline not in summary[method]:
             raise ValueError(f"headline metric {headline!r} missing for method {method!r}")
+        values = summary[method][headline]["values"]
+        if any(not 0.0 <= v <= 1.0 for v in values):
+            raise ValueError(f"{method}/{headline}: the headline metric must be a fraction in [0, 1] "
+                             f"(the scoreboard shows it in %), got {values}; divide percentages by 100")
     entry = {
         "paper": paper, "profile": profile, "device": device_name(device), "seeds": list(seeds),
         "claim": claim, "paper_numbers": paper_numbers, "metrics": summary, "headline": headline,

@@ -73,7 +73,7 @@ def _random_case(seed, b=2, c=3, h=5, w=7, spread=2.5):
 @pytest.mark.parametrize("seed,pool_size", [(0, 10), (1, 3), (2, 1)])
 def test_border_align_equals_the_loop_reference(seed, pool_size):
     input, boxes = _random_case(seed)
-    out, argmax = border_align(input, boxes, pool_size, return_argmax=True)
+    out, argmax = border_align(input, boxes, pool_size, return_argmax=True, outside="zero")  # mmcv's padding
     expected, expected_argmax, _ = reference_border_align(input, boxes, pool_size)
     assert out.shape == (2, 3, 35, 4)
     assert torch.allclose(out.double(), expected, atol=1e-5)
@@ -84,7 +84,7 @@ def test_border_align_gradient_goes_to_the_argmax_sample_only():
     input, boxes = _random_case(5, b=1, c=2, h=4, w=6)
     input.requires_grad_(True)
     grad_out = torch.randn(1, 2, 24, 4, generator=torch.Generator().manual_seed(9))
-    (border_align(input, boxes, 10) * grad_out).sum().backward()
+    (border_align(input, boxes, 10, outside="zero") * grad_out).sum().backward()
     _, _, taps_of = reference_border_align(input.detach(), boxes, 10)
     expected = torch.zeros_like(input, dtype=torch.float64)
     for (n, ch, j, side), taps in taps_of.items():
@@ -103,8 +103,8 @@ def test_border_align_invariants():
     assert torch.allclose(point, torch.full((1, 1, 1, 4), 6 * 1.25 + 2.5))
     # The max is >= the value at either end of every side.
     input, boxes = _random_case(3)
-    out = border_align(input, boxes, 10)
-    ends = border_align(input, boxes, 1)  # pool_size 1: just the two end points
+    out = border_align(input, boxes, 10, outside="zero")
+    ends = border_align(input, boxes, 1, outside="zero")  # pool_size 1: just the two end points
     assert (out >= ends - 1e-6).all()
     # Side order: the top block only sees y1, the bottom block only y2, left x1, right x2.
     rows = torch.arange(5.0).view(1, 1, 5, 1).expand(1, 1, 5, 6)
@@ -112,9 +112,9 @@ def test_border_align_invariants():
     sides = torch.cat([-rows, -cols, rows, cols], 1)  # each block depends on one coordinate only
     box = torch.tensor([[[1.0, 0.5, 4.0, 3.0]]])
     assert border_align(sides, box).flatten().tolist() == pytest.approx([-0.5, -1.0, 3.0, 4.0])
-    # Boxes far outside the map read zeros (mmcv: zero padding beyond one pixel), not an error.
+    # With outside="zero", boxes far outside the map read zeros (mmcv: zero padding beyond one pixel).
     far = torch.tensor([[[20.0, 20.0, 30.0, 30.0], [-9.0, -9.0, -3.0, -2.0]]])
-    assert torch.equal(border_align(torch.randn(1, 8, 5, 6), far), torch.zeros(1, 2, 2, 4))
+    assert torch.equal(border_align(torch.randn(1, 8, 5, 6), far, outside="zero"), torch.zeros(1, 2, 2, 4))
 
 
 def test_border_sample_points_walk_each_side_with_both_ends():
@@ -128,10 +128,24 @@ def test_border_sample_points_walk_each_side_with_both_ends():
 
 
 def test_border_align_module_and_bad_inputs():
-    input, boxes = torch.randn(2, 8, 4, 5), torch.rand(2, 20, 4) * 3
-    boxes[..., 2:] += boxes[..., :2]
+    input, boxes = torch.randn(2, 8, 4, 5), torch.rand(2, 20, 4) * 2
+    boxes[..., 2:] += boxes[..., :2]  # xyxy; clamp them onto the 4x5 map (x <= 4, y <= 3)
+    boxes = torch.minimum(boxes, torch.tensor([4.0, 3.0, 4.0, 3.0]))
     assert torch.equal(BorderAlign(10)(input, boxes), border_align(input, boxes, 10))
     assert "pool_size=10" in repr(BorderAlign(10))
+    # The map itself, exactly, is allowed; a box in image pixels (off the map) is not, by default.
+    border_align(input, torch.tensor([[[0.0, 0.0, 4.0, 3.0]]]).expand(2, 1, 4))
+    for off_map in ([0.0, 0.0, 4.5, 3.0], [0.0, -0.5, 4.0, 3.0], [0.0, 0.0, 4.0, 3.2]):
+        box = torch.tensor([[off_map]]).expand(2, 1, 4)
+        with pytest.raises(ValueError, match="must lie on the 4x5 feature map"):
+            border_align(input, box)
+        with pytest.raises(ValueError, match="must lie on the 4x5 feature map"):
+            BorderAlign(10)(input, box)
+        assert border_align(input, box, outside="zero").shape == (2, 2, 1, 4)
+    with pytest.raises(ValueError, match="outside must be one of"):
+        border_align(input, boxes, outside="clamp")
+    with pytest.raises(ValueError, match="outside must be one of"):
+        BorderAlign(10, outside="pad")
     cases = [
         (torch.randn(2, 6, 4, 5), boxes, 10, "multiple of 4"),
         (torch.randn(8, 4, 5), boxes, 10, "multiple of 4"),

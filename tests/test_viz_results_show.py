@@ -84,6 +84,8 @@ def test_results_record(tmp_path):
         results.record("P01", "cpu", "cpu", [0, 1], {"A": {"AP": [1]}}, "c", {}, "reproduced", "AP", 1, folder=tmp_path)
     with pytest.raises(ValueError, match="P01"):
         results.record("tood", "cpu", "cpu", [0], {"A": {"AP": [1]}}, "c", {}, "reproduced", "AP", 1, folder=tmp_path)
+    with pytest.raises(ValueError, match=r"fraction in \[0, 1\]"):  # a percentage where a fraction belongs
+        results.record("P01", "cpu", "cpu", [0], {"A": {"AP": [45.7]}}, "c", {}, "reproduced", "AP", 1, folder=tmp_path)
 
 
 def test_show_source():

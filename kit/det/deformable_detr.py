@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from kit.det.detr import MLP, FeedForward, postprocess_set, sine_position_embedding
+from kit.det.detr import MLP, FeedForward, SetDetector, sine_position_embedding
 from kit.nn.backbone import TinyResNet
 from kit.ops.ms_deform_attn import MSDeformAttn, encoder_reference_points
 
@@ -73,7 +73,7 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
-class DeformableDETR(nn.Module):
+class DeformableDETR(SetDetector):
     """Backbone levels (``strides``) -> deformable encoder -> decoder with reference points -> heads.
 
     ``strides`` picks the levels: 4/8/16/32 come from the backbone through a 1x1 conv +
@@ -176,11 +176,3 @@ class DeformableDETR(nn.Module):
             outputs.append({"logits": self.class_embed(tgt), "boxes": boxes})
         return {**outputs[-1], "aux": outputs[:-1], "reference_points": reference, "spatial_shapes": shapes}
 
-    @torch.no_grad()
-    def detect(self, images: torch.Tensor, top_k: int = 100) -> list[dict]:
-        """Detections per image in pixels (eval mode), top-k over queries x classes."""
-        was_training = self.training
-        self.eval()
-        out = self(images)
-        self.train(was_training)
-        return postprocess_set(out["logits"], out["boxes"], images.shape[-1], self.class_mode, top_k)

@@ -125,7 +125,24 @@ def _backbone_level(strides: list[int], stride: int) -> int:
     return strides.index(stride)
 
 
-class DETR(nn.Module):
+class SetDetector(nn.Module):
+    """What DETR and Deformable DETR share at test time: ``forward`` returns the final
+    decoder layer's ``logits`` and normalised cxcywh ``boxes``; ``class_mode`` names the loss."""
+
+    class_mode: str
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, top_k: int = 100) -> list[dict]:
+        """Detections per image in pixels (eval mode), top-k over queries x classes, as
+        :func:`postprocess_set`."""
+        was_training = self.training
+        self.eval()
+        out = self(images)
+        self.train(was_training)
+        return postprocess_set(out["logits"], out["boxes"], images.shape[-1], self.class_mode, top_k)
+
+
+class DETR(SetDetector):
     """Backbone -> one feature map (``feature_stride``) -> encoder -> decoder -> class + box heads.
 
     forward(images (B, 3, H, W)) -> ``{"logits": (B, Q, K + 1), "boxes": (B, Q, 4) normalised
@@ -179,14 +196,6 @@ class DETR(nn.Module):
             outputs.append({"logits": self.class_embed(hidden), "boxes": self.bbox_embed(hidden).sigmoid()})
         return {**outputs[-1], "aux": outputs[:-1], "feature_shape": (h, w)}
 
-    @torch.no_grad()
-    def detect(self, images: torch.Tensor, top_k: int = 100) -> list[dict]:
-        """Detections per image in pixels (eval mode), as :func:`postprocess_set`."""
-        was_training = self.training
-        self.eval()
-        out = self(images)
-        self.train(was_training)
-        return postprocess_set(out["logits"], out["boxes"], images.shape[-1], self.class_mode, top_k)
 
 
 def postprocess_set(logits: torch.Tensor, boxes: torch.Tensor, image_size: int, mode: str,

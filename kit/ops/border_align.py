@@ -18,8 +18,11 @@ official cvpods kernel), which we reproduce in pure torch with :func:`torch.nn.f
   bottom and right start at (x2, y2) and step *backwards* (-w/pool_size, -h/pool_size);
 * a sample more than one pixel outside the map (x < -1, x > W, y < -1, y > H) reads 0, and that
   0 takes part in the max; a sample within one pixel of the map is clamped onto the edge.
-  So boxes that leave the map are **not an error**: they are zero-padded, exactly as mmcv
-  does (BorderDet itself clamps its boxes to the map before calling the op);
+  That zero padding only matters for boxes that leave the map, and BorderDet clamps its
+  boxes to the map before calling the op. So by default (``outside="error"``) a box that
+  leaves the map, x outside [0, W - 1] or y outside [0, H - 1], is an error: it is almost
+  always a box in image pixels passed where feature-map pixels were meant.
+  ``outside="zero"`` gives mmcv's padding instead;
 * the maximum is strict (the first of equal maxima wins) and the gradient flows to the input
   at that sample only; boxes get no gradient (mmcv returns none for them).
 
@@ -36,7 +39,12 @@ __all__ = ["border_align", "BorderAlign", "border_sample_points", "SIDES"]
 SIDES = ("top", "left", "bottom", "right")
 
 
-def _check_inputs(input: torch.Tensor, boxes: torch.Tensor, pool_size: int) -> None:
+OUTSIDE_MODES = ("error", "zero")
+
+
+def _check_inputs(input: torch.Tensor, boxes: torch.Tensor, pool_size: int, outside: str = "error") -> None:
+    if outside not in OUTSIDE_MODES:
+        raise ValueError(f"outside must be one of {OUTSIDE_MODES}, got {outside!r}")
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
         raise ValueError(f"pool_size must be an int >= 1 (pool_size + 1 samples per side), got {pool_size!r}")
     if input.dim() != 4 or input.shape[1] % 4 != 0 or input.shape[1] == 0:
@@ -52,6 +60,17 @@ def _check_inputs(input: torch.Tensor, boxes: torch.Tensor, pool_size: int) -> N
         raise ValueError("boxes contain NaN or inf")
     if boxes.numel() and ((boxes[..., 2] < boxes[..., 0]).any() or (boxes[..., 3] < boxes[..., 1]).any()):
         raise ValueError("boxes must satisfy x2 >= x1 and y2 >= y1 (xyxy, not xywh)")
+    if outside == "error" and boxes.numel():
+        h, w = input.shape[-2:]
+        tolerance = 1e-4  # rounding of boxes clamped to the map
+        x, y = boxes[..., 0::2], boxes[..., 1::2]
+        if (x < -tolerance).any() or (x > w - 1 + tolerance).any() or (y < -tolerance).any() \
+                or (y > h - 1 + tolerance).any():
+            raise ValueError(
+                f"boxes must lie on the {h}x{w} feature map: x in [0, {w - 1}], y in [0, {h - 1}] "
+                f"(feature-map pixels, centres at integers); got x in [{float(x.min()):.2f}, {float(x.max()):.2f}], "
+                f"y in [{float(y.min()):.2f}, {float(y.max()):.2f}]. Clamp them to the map "
+                f"(kit.det.borderdet.feature_map_boxes), or pass outside='zero' for mmcv's zero padding")
 
 
 def border_sample_points(boxes: torch.Tensor, pool_size: int) -> torch.Tensor:
@@ -97,15 +116,16 @@ def _sample(input: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def border_align(input: torch.Tensor, boxes: torch.Tensor, pool_size: int = 10,
-                 return_argmax: bool = False):
+                 return_argmax: bool = False, outside: str = "error"):
     """Max-pooled border features (B, C, K, 4) of boxes (B, K, 4) on a (B, 4C, H, W) map.
 
     See the module docstring for the exact semantics. With ``return_argmax`` also returns the
     index (B, C, K, 4) of the winning sample along each side, in 0..pool_size. Autograd gives
     mmcv's backward: ``max`` sends the gradient to the winning sample only, and
-    ``grid_sample`` spreads it over that sample's four neighbours.
+    ``grid_sample`` spreads it over that sample's four neighbours. ``outside``: ``"error"``
+    (default) rejects boxes that leave the map, ``"zero"`` zero-pads them as mmcv does.
     """
-    _check_inputs(input, boxes, pool_size)
+    _check_inputs(input, boxes, pool_size, outside)
     points = border_sample_points(boxes.detach().float(), pool_size)  # (B, K, 4, P+1, 2)
     points = points.permute(0, 2, 3, 1, 4)  # (B, 4, P+1, K, 2)
     pooled, argmax = _sample(input, points).max(dim=3)  # (B, 4, C, K); the first maximum wins
@@ -116,14 +136,16 @@ def border_align(input: torch.Tensor, boxes: torch.Tensor, pool_size: int = 10,
 class BorderAlign(nn.Module):
     """Module form of :func:`border_align` (mmcv's ``BorderAlign(pool_size)``)."""
 
-    def __init__(self, pool_size: int = 10):
+    def __init__(self, pool_size: int = 10, outside: str = "error"):
         super().__init__()
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
-        self.pool_size = pool_size
+        if outside not in OUTSIDE_MODES:
+            raise ValueError(f"outside must be one of {OUTSIDE_MODES}, got {outside!r}")
+        self.pool_size, self.outside = pool_size, outside
 
     def forward(self, input: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        return border_align(input, boxes, self.pool_size)
+        return border_align(input, boxes, self.pool_size, outside=self.outside)
 
     def extra_repr(self) -> str:
-        return f"pool_size={self.pool_size}"
+        return f"pool_size={self.pool_size}, outside={self.outside!r}"
