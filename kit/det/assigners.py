@@ -175,19 +175,9 @@ def task_aligned_assign(scores: torch.Tensor, pred_boxes: torch.Tensor, points: 
     ious = box_iou(pred_boxes, gt_boxes)  # (N, M)
     metric = alignment_metric(scores[:, gt_labels], ious, alpha, beta)  # (N, M)
 
-    # 2. Top-k over all priors (every level at once).
-    candidates = metric.topk(min(topk, n), dim=0).indices  # (k, M)
-    gt_index = torch.arange(m, device=scores.device)
-    # 3. Keep candidates with t > 0 whose centre lies inside the object.
-    keep = (metric[candidates, gt_index] > 0) & points_inside(points, gt_boxes)[candidates, gt_index]
-    candidate_pos = torch.zeros((n, m), dtype=torch.bool, device=scores.device)
-    candidate_pos[candidates[keep], gt_index.expand_as(candidates)[keep]] = True
-    # 4. Resolve priors claimed by several objects by IoU; keep that pair's metric.
-    assigned, _ = _resolve_by_iou(candidate_pos, ious)
-    positive = assigned >= 0
-    alignment = torch.zeros(n, dtype=metric.dtype, device=scores.device)
-    alignment[positive] = metric[positive.nonzero().flatten(), assigned[positive]]
-    return assigned, alignment
+    # 2.-4. The static top-k rule on this metric: top-k over all levels at once, keep t > 0
+    # with the centre inside the object, resolve priors claimed twice by IoU.
+    return topk_assign(metric, ious, points_inside(points, gt_boxes), topk)
 
 
 def topk_assign(metric: torch.Tensor, ious: torch.Tensor, inside: torch.Tensor, k):
