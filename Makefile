@@ -6,6 +6,7 @@ VENV        := .venv
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.kit-installed
 WIDGETS_JS  := book/_static/widgets/embed-amd.js
+MATHJAX_JS  := book/_vendor/mathjax/tex-mml-chtml.js
 KIT_PROFILE ?= auto
 export KIT_PROFILE
 
@@ -36,7 +37,16 @@ $(WIDGETS_JS):
 	cp .cache/npm/node_modules/requirejs/require.js book/_static/widgets/require.js
 	cp .cache/npm/node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js $(WIDGETS_JS)
 
-book: $(STAMP) $(WIDGETS_JS)
+# MathJax for the book's equations, vendored the same way (Sphinx would load it from a CDN).
+# Only what the tex-mml-chtml bundle loads: its input extensions, output fonts and menu parts.
+# It goes to book/_vendor (copied as is by html_extra_path), not _static, where Jupyter Book
+# would add each of its scripts to every page.
+$(MATHJAX_JS):
+	@mkdir -p .cache/npm book/_vendor/mathjax
+	npm install --silent --no-audit --no-fund --prefix .cache/npm mathjax@3.2.2
+	cd .cache/npm/node_modules/mathjax/es5 && cp -r tex-mml-chtml.js input output a11y ui adaptors $(CURDIR)/book/_vendor/mathjax/
+
+book: $(STAMP) $(WIDGETS_JS) $(MATHJAX_JS)
 	$(BIN)/python -m kit.book.execute --profile $(KIT_PROFILE)
 	$(BIN)/python -m kit.book.pages
 	$(BIN)/jupyter-book build book/_generated --path-output book --quiet

@@ -103,3 +103,15 @@ def test_committed_notebooks_are_executed_and_fresh():
         paper = path.stem.split("_")[0].upper()
         ran_at = nb["metadata"]["kit"]["profile"]
         assert (ROOT / "results" / ran_at / f"{paper}.json").exists(), f"{paper} has no results record"
+
+
+def test_book_loads_nothing_from_a_cdn():
+    """MathJax and the widget scripts are vendored at set-up; the config must point at them."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "book" / "_config.yml").read_text())["sphinx"]["config"]
+    assert "://" not in config["mathjax_path"] and config["mathjax_path"].endswith("mathjax/tex-mml-chtml.js")
+    assert config["html_extra_path"] == ["_vendor"]
+    assert config["nb_ipywidgets_js"] == {} and all("://" not in js for js in config["html_js_files"])
+    makefile = (ROOT / "Makefile").read_text()
+    assert "book/_vendor/mathjax/tex-mml-chtml.js" in makefile and "book/_static/widgets/embed-amd.js" in makefile

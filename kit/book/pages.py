@@ -158,8 +158,11 @@ def build(root: Path | None = None) -> Path:
     out.mkdir(parents=True)
     for name in ("_config.yml", "intro.md"):
         shutil.copy2(book / name, out / name)
-    if (book / "_static").exists():
-        shutil.copytree(book / "_static", out / "_static")
+    # _static: files every page links (Jupyter Book adds each .js/.css in it to every page);
+    # _vendor: files copied as they are and loaded on demand (MathJax and its parts).
+    for folder in ("_static", "_vendor"):
+        if (book / folder).exists():
+            shutil.copytree(book / folder, out / folder)
 
     from kit.results import load_all
 
