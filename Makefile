@@ -62,7 +62,7 @@ study: $(STAMP)
 	KIT_PROFILE=gpu $(BIN)/python -m kit.book.execute --profile gpu --all
 
 bench: $(STAMP)
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean-book:
 	rm -rf book/_build book/_generated

@@ -8,22 +8,16 @@ cores available (``kit.setup``). Runs in ~10 s on a quiet 2-core machine.
 """
 from __future__ import annotations
 
-import time
 
 import torch
 
 import kit
 from kit.ops.border_align import border_align
+from _timing import time_call  # bench/_timing.py, beside this script
 
 
 def best_of(fn, repeats=3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1000
+    return 1000 * time_call(fn, repeats)  # ms
 
 
 def random_boxes(batch, h, w, generator):

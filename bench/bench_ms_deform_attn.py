@@ -22,16 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from kit.ops.ms_deform_attn import ms_deform_attn
+from _timing import time_call  # bench/_timing.py, beside this script
 
 
 def best_of(fn, repeats: int = 2) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return min(times)
+    return time_call(fn, repeats)  # s
 
 
 def deformable_call(value, shapes, queries, points, backward):

@@ -7,22 +7,16 @@ Runs in well under 30 s.
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
 from kit.det.stitch import stitch4
+from _timing import time_call  # bench/_timing.py, beside this script
 
 
 def median_ms(fn, repeats: int = 15) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * time_call(fn, repeats, reduce="median")
 
 
 def targets(count: int, size: int, per_image: int = 4):
