@@ -114,8 +114,8 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
              "the paper's numbers, our verdict, where it ran, and whether the executed page is still "
              "up to date with the code. Numbers from the cpu profile come from a reduced-scale run on "
              "a laptop-class CPU: they test the direction of a claim, not its size.", "",
-             "| paper | claim | ours | paper's numbers | verdict | ran at |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| paper | claim | ours | paper's numbers | verdict (ran at) |",
+             "| --- | --- | --- | --- | --- |"]
     titles = {p["id"]: p for p in papers}
     for paper_id in sorted(by_paper):
         rec = by_paper[paper_id]
@@ -132,9 +132,9 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
             link = f"[{paper['short']}](notebooks/{paper['chapter']}/{nb.stem}.ipynb)"
             page = f"{link} {'(stale)' if state.needs_run else '(up to date)'}"
         lines.append(f"| **{paper_id}** {page} | {rec['claim']} | {ours} | {theirs} | "
-                     f"**{rec['verdict']}** | {rec['profile']}, {rec['device']}, {rec['wall_seconds']:.0f} s |")
+                     f"**{rec['verdict']}**<br>({rec['profile']}, {rec['device']}, {rec['wall_seconds']:.0f} s) |")
     if not by_paper:
-        lines.append("| — | no results recorded yet | | | | |")
+        lines.append("| — | no results recorded yet | | | |")
     return "\n".join(lines) + "\n"
 
 
