@@ -1,0 +1,335 @@
+"""The kit's one verdict rule, and the grid of methods x seeds a notebook's experiment runs.
+
+A notebook states *what* it compares; this module does the running and the statistics, the
+same way on every page.
+
+**Before the run** the notebook declares its claims (:class:`Claim`): the metric, the
+direction the paper claims (``higher`` or ``lower`` is better for the method), the practical
+margin ``delta`` (at least the noise a baseline-vs-baseline run shows), and optionally a floor
+the baseline must reach to count as trained. It also declares how to tell that the mechanism
+engaged (:class:`EngagementCheck`: a measured value and the threshold it must pass).
+
+**The rule.** Over the paired seeds (baseline and method share seed ``s``: the same data order
+and, where the architectures allow, the same initial weights) take the differences
+``d_s = method_s - baseline_s``, signed so that positive is the paper's side. With their mean
+``m``, sample standard deviation ``sd`` and ``n`` seeds, the 95 % Student-t interval is
+``m +- t_{0.975, n-1} * sd / sqrt(n)``. Then, in this order:
+
+=============================  ==========================================================
+``not tested at this scale``   the declared mechanism check failed (value recorded)
+``baseline did not train``     the baseline's mean is below the declared floor
+``reproduced``                 the interval lies entirely above 0
+``not reproduced``             the interval lies entirely below 0
+``no difference at this scale`` the interval lies inside ``[-delta, +delta]``
+``inconclusive``               otherwise (or fewer than 2 seeds: no interval)
+=============================  ==========================================================
+
+A paper with several claims gets ``partly reproduced`` when its claims' verdicts differ, and
+their common verdict otherwise (:func:`paper_verdict`). No notebook computes a verdict by its
+own code; :func:`kit.results.record` re-derives every verdict with this rule and refuses a
+record that disagrees.
+
+``KIT_SEEDS=10,11,12`` replaces a profile's seeds (:func:`seeds`), so a reader can check a
+page with seeds its author never saw.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+DIRECTIONS = ("higher", "lower")
+COMPARISON_VERDICTS = ("reproduced", "not reproduced", "no difference at this scale", "inconclusive",
+                       "not tested at this scale", "baseline did not train")
+PAPER_VERDICTS = COMPARISON_VERDICTS + ("partly reproduced",)
+CONFIDENCE = 0.95
+
+
+# ----------------------------------------------------------------------------- seeds
+
+def seeds(profile_seeds: Sequence[int], env: Mapping[str, str] | None = None) -> list[int]:
+    """The seeds to run: ``KIT_SEEDS`` (comma-separated non-negative ints) if set, else the profile's.
+
+    >>> seeds([0, 1, 2], env={"KIT_SEEDS": "10, 11,12"})
+    [10, 11, 12]
+    """
+    env = os.environ if env is None else env
+    text = env.get("KIT_SEEDS", "").strip()
+    if not text:
+        return _check_seeds(list(profile_seeds), "the profile's seeds")
+    try:
+        parsed = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"KIT_SEEDS={text!r}: expected comma-separated non-negative integers, "
+                         f"e.g. KIT_SEEDS=10,11,12") from None
+    return _check_seeds(parsed, f"KIT_SEEDS={text!r}")
+
+
+def _check_seeds(values: list, where: str) -> list[int]:
+    if not values:
+        raise ValueError(f"{where}: at least one seed is needed")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise ValueError(f"{where}: seeds must be non-negative integers, got {values}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{where}: seeds must be distinct (a repeated seed is not a new sample), got {values}")
+    return list(values)
+
+
+# ----------------------------------------------------------------------------- declarations
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper, declared before the experiment runs.
+
+    baseline / method: the arm names in the results table; metric: the column compared;
+    direction: ``higher`` or ``lower`` is the paper's side for the method; margin: the practical
+    margin delta in the metric's own units (e.g. 0.01 = 1 AP point for AP stored as a fraction);
+    baseline_floor: the baseline's mean must reach this (in the direction's sense: at least it for
+    ``higher``) or the comparison is void ("baseline did not train"); None = no floor.
+    """
+
+    name: str
+    baseline: str
+    method: str
+    metric: str
+    direction: str = "higher"
+    margin: float = 0.0
+    baseline_floor: float | None = None
+
+    def __post_init__(self):
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"claim {self.name!r}: direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin >= 0):
+            raise ValueError(f"claim {self.name!r}: margin must be a finite number >= 0, got {self.margin!r}")
+        if self.baseline == self.method:
+            raise ValueError(f"claim {self.name!r}: baseline and method are the same arm {self.method!r}")
+        if self.baseline_floor is not None and not math.isfinite(self.baseline_floor):
+            raise ValueError(f"claim {self.name!r}: baseline_floor must be finite or None")
+
+
+@dataclass(frozen=True)
+class EngagementCheck:
+    """Did the mechanism actually do something? ``value`` (measured) must be ``>= threshold``.
+
+    description says what was measured, e.g. "mean |offset| of the DCN layers (px)".
+    """
+
+    description: str
+    value: float
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return math.isfinite(self.value) and self.value >= self.threshold
+
+    def as_dict(self) -> dict:
+        return {"description": self.description, "value": float(self.value),
+                "threshold": float(self.threshold), "passed": self.passed}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def t_interval(differences: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Student-t interval of the mean of ``differences`` (None for fewer than 2 values)."""
+    from scipy import stats
+
+    values = [float(v) for v in differences]
+    if any(not math.isfinite(v) for v in values):
+        raise ValueError(f"differences must be finite, got {values}")
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    return (mean - half, mean + half)
+
+
+def rule(interval: tuple[float, float] | None, margin: float, engaged: bool | None = True,
+         baseline_trained: bool = True) -> str:
+    """The kit's verdict for one comparison (see the module docstring for the order)."""
+    if engaged is False:
+        return "not tested at this scale"
+    if not baseline_trained:
+        return "baseline did not train"
+    if interval is None:
+        return "inconclusive"
+    low, high = interval
+    if low > 0:
+        return "reproduced"
+    if high < 0:
+        return "not reproduced"
+    if -margin <= low and high <= margin:
+        return "no difference at this scale"
+    return "inconclusive"
+
+
+def compare(claim: Claim, baseline: Mapping[int, float], method: Mapping[int, float],
+            engaged: EngagementCheck | None = None) -> dict:
+    """Apply the rule to one claim: per-seed values by seed -> a comparison record.
+
+    Only seeds present in both arms are paired (a missing seed is an error: pairs must be complete).
+    """
+    if set(baseline) != set(method):
+        raise ValueError(f"claim {claim.name!r}: baseline seeds {sorted(baseline)} and method seeds "
+                         f"{sorted(method)} differ; every seed must pair both arms")
+    order = sorted(baseline)
+    sign = 1.0 if claim.direction == "higher" else -1.0
+    differences = [sign * (float(method[s]) - float(baseline[s])) for s in order]
+    interval = t_interval(differences)
+    baseline_mean = sum(float(baseline[s]) for s in order) / len(order)
+    trained = True
+    if claim.baseline_floor is not None:
+        trained = baseline_mean >= claim.baseline_floor if claim.direction == "higher" \
+            else baseline_mean <= claim.baseline_floor
+    verdict = rule(interval, claim.margin, None if engaged is None else engaged.passed, trained)
+    return {
+        "claim": claim.name, "baseline": claim.baseline, "method": claim.method, "metric": claim.metric,
+        "direction": claim.direction, "margin": float(claim.margin), "seeds": order, "n_seeds": len(order),
+        "baseline_values": [float(baseline[s]) for s in order], "method_values": [float(method[s]) for s in order],
+        "baseline_floor": claim.baseline_floor,
+        "difference_mean": sum(differences) / len(differences),
+        "interval_95": list(interval) if interval is not None else None,
+        "engaged": engaged.as_dict() if engaged is not None else None,
+        "verdict": verdict,
+    }
+
+
+def verdict_of(comparison: Mapping) -> str:
+    """Re-derive a recorded comparison's verdict from its own fields (what results.record checks)."""
+    engaged = comparison.get("engaged")
+    floor = comparison.get("baseline_floor")
+    trained = True
+    if floor is not None:
+        base = comparison["baseline_values"]
+        mean = sum(base) / len(base)
+        trained = mean >= floor if comparison["direction"] == "higher" else mean <= floor
+    interval = comparison.get("interval_95")
+    return rule(tuple(interval) if interval is not None else None, comparison["margin"],
+                None if engaged is None else bool(engaged["passed"]), trained)
+
+
+def paper_verdict(comparisons: Sequence[Mapping]) -> str:
+    """One claim: its verdict. Several: their common verdict, or ``partly reproduced`` if they differ."""
+    if not comparisons:
+        raise ValueError("a paper verdict needs at least one declared comparison")
+    verdicts = {c["verdict"] for c in comparisons}
+    return verdicts.pop() if len(verdicts) == 1 else "partly reproduced"
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``"31.7 ± 0.2 (n=3)"``: mean ± sample std over seeds, the one formatter of the kit."""
+    values = [float(v) * scale for v in values]
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f} (n=1)"
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.{digits}f} ± {sd:.{digits}f} (n={len(values)})"
+
+
+def difference_text(comparison: Mapping, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
+    """``"+1.2 [-0.3, +2.7]"``: the mean paired difference (paper's side positive) and its interval."""
+    mean = comparison["difference_mean"] * scale
+    interval = comparison["interval_95"]
+    if interval is None:
+        return f"{mean:+.{digits}f}{unit} (no interval: one seed)"
+    low, high = (v * scale for v in interval)
+    return f"{mean:+.{digits}f}{unit} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+# ----------------------------------------------------------------------------- the grid
+
+def config_key(config: Mapping) -> str:
+    """A short stable hash of a JSON-serialisable run configuration (checkpoint names, run keys)."""
+    text = json.dumps(config, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Grid:
+    """Per-seed metrics of every (arm, seed) of an experiment, as a tidy table.
+
+    ``run_grid`` fills it; ``table`` has one row per (arm, seed) and one column per metric;
+    ``extras`` keeps whatever each run returned besides its metrics (models, histories).
+    """
+
+    arms: list[str]
+    seeds: list[int]
+    table: pd.DataFrame
+    extras: dict = field(default_factory=dict)
+
+    def values(self, arm: str, metric: str) -> dict[int, float]:
+        """seed -> value of ``metric`` for ``arm``."""
+        rows = self.table[self.table["arm"] == arm]
+        if rows.empty:
+            raise KeyError(f"no arm {arm!r}; arms are {self.arms}")
+        if metric not in rows:
+            raise KeyError(f"no metric {metric!r}; metrics are {self.metrics}")
+        return {int(s): float(v) for s, v in zip(rows["seed"], rows[metric])}
+
+    @property
+    def metrics(self) -> list[str]:
+        return [c for c in self.table.columns if c not in ("arm", "seed")]
+
+    def summary(self, metrics: Sequence[str] | None = None, scale: Mapping[str, float] | float = 1.0,
+                digits: int = 1) -> pd.DataFrame:
+        """mean ± std (n) per arm and metric (``scale``: one factor, or one per metric, e.g. 100 for %)."""
+        metrics = list(metrics or self.metrics)
+        factor = (lambda m: scale.get(m, 1.0)) if isinstance(scale, Mapping) else (lambda m: scale)
+        return pd.DataFrame({arm: {m: mean_std(self.values(arm, m).values(), factor(m), digits) for m in metrics}
+                             for arm in self.arms}).T
+
+    def compare(self, claim: Claim, engaged: EngagementCheck | None = None) -> dict:
+        return compare(claim, self.values(claim.baseline, claim.metric), self.values(claim.method, claim.metric),
+                       engaged)
+
+    def per_arm(self, metrics: Sequence[str] | None = None) -> dict:
+        """arm -> metric -> per-seed list, in seed order (what :func:`kit.results.record` takes)."""
+        metrics = list(metrics or self.metrics)
+        return {arm: {m: [self.values(arm, m)[s] for s in self.seeds] for m in metrics} for arm in self.arms}
+
+
+def run_grid(arms: Sequence[str], seeds: Sequence[int], run: Callable[[str, int], Mapping],
+             metrics_key: str = "metrics") -> Grid:
+    """Run ``run(arm, seed)`` for every seed and arm (seed-major, so pairs finish together).
+
+    ``run`` returns either a dict of metrics or a dict with the metrics under ``metrics_key`` and
+    anything else beside them (kept in ``Grid.extras[arm, seed]``). Every run must report the same
+    metrics, as finite numbers.
+    """
+    arms, seeds = list(arms), _check_seeds(list(seeds), "run_grid seeds")
+    if not arms or len(set(arms)) != len(arms):
+        raise ValueError(f"arms must be distinct names, got {arms}")
+    rows, extras, names = [], {}, None
+    for seed in seeds:
+        for arm in arms:
+            out = dict(run(arm, seed))
+            if metrics_key in out:
+                metrics, extra = dict(out.pop(metrics_key)), out
+            else:
+                metrics, extra = out, {}
+            bad = {k: v for k, v in metrics.items()
+                   if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v))}
+            if bad:
+                raise ValueError(f"run({arm!r}, {seed}) returned metrics that are not finite numbers: {bad}")
+            if names is None:
+                names = sorted(metrics)
+            elif sorted(metrics) != names:
+                raise ValueError(f"run({arm!r}, {seed}) reported metrics {sorted(metrics)}, the first run {names}")
+            rows.append({"arm": arm, "seed": seed, **{k: float(v) for k, v in metrics.items()}})
+            extras[arm, seed] = extra
+    return Grid(arms, seeds, pd.DataFrame(rows), extras)
+
+
+def declared(claims: Sequence[Claim]) -> pd.DataFrame:
+    """The declared claims as a table, for the page to show before the experiment runs."""
+    return pd.DataFrame([asdict(c) for c in claims]).set_index("name")

@@ -1,0 +1,143 @@
+"""The kit's verdict rule and experiment grid (kit.experiment)."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from kit import experiment as ex
+
+
+def test_interval_agrees_with_scipy_paired_t_test():
+    rng = np.random.default_rng(0)
+    base, method = rng.normal(0.3, 0.02, 5), rng.normal(0.32, 0.02, 5)
+    low, high = ex.t_interval(method - base)
+    reference = stats.ttest_rel(method, base).confidence_interval(0.95)
+    assert math.isclose(low, reference.low, rel_tol=1e-9) and math.isclose(high, reference.high, rel_tol=1e-9)
+
+
+def test_interval_needs_two_values_and_finite_ones():
+    assert ex.t_interval([0.1]) is None
+    with pytest.raises(ValueError, match="finite"):
+        ex.t_interval([0.1, float("nan")])
+
+
+@pytest.mark.parametrize("interval, margin, engaged, trained, expected", [
+    ((0.01, 0.05), 0.02, True, True, "reproduced"),
+    ((0.001, 0.005), 0.02, True, True, "reproduced"),          # above 0 wins over "inside the margin"
+    ((-0.05, -0.01), 0.02, True, True, "not reproduced"),
+    ((-0.01, 0.015), 0.02, True, True, "no difference at this scale"),
+    ((-0.03, 0.015), 0.02, True, True, "inconclusive"),
+    ((0.01, 0.05), 0.02, False, True, "not tested at this scale"),
+    ((0.01, 0.05), 0.02, True, False, "baseline did not train"),
+    (None, 0.02, True, True, "inconclusive"),
+    ((0.01, 0.05), 0.02, None, True, "reproduced"),             # no check declared
+])
+def test_rule_table(interval, margin, engaged, trained, expected):
+    assert ex.rule(interval, margin, engaged, trained) == expected
+
+
+def test_compare_signs_differences_by_the_papers_direction():
+    claim = ex.Claim("lower error", baseline="A", method="B", metric="err", direction="lower", margin=0.01)
+    result = ex.compare(claim, {0: 0.30, 1: 0.31, 2: 0.29}, {0: 0.20, 1: 0.22, 2: 0.19})
+    assert result["difference_mean"] == pytest.approx(0.0966666, abs=1e-6)
+    assert result["interval_95"][0] > 0 and result["verdict"] == "reproduced"
+    assert result["n_seeds"] == 3 and result["seeds"] == [0, 1, 2]
+    assert ex.verdict_of(result) == result["verdict"]
+
+
+def test_compare_refuses_unpaired_seeds():
+    claim = ex.Claim("c", "A", "B", "m")
+    with pytest.raises(ValueError, match="every seed must pair"):
+        ex.compare(claim, {0: 1.0, 1: 1.0}, {0: 1.0, 2: 1.0})
+
+
+def test_baseline_floor_voids_the_comparison():
+    claim = ex.Claim("c", "A", "B", "AP", margin=0.01, baseline_floor=0.05)
+    result = ex.compare(claim, {0: 0.001, 1: 0.002, 2: 0.001}, {0: 0.1, 1: 0.1, 2: 0.12})
+    assert result["verdict"] == "baseline did not train" == ex.verdict_of(result)
+
+
+def test_failed_engagement_check_means_not_tested():
+    check = ex.EngagementCheck("mean |offset| (px)", value=0.05, threshold=0.25)
+    claim = ex.Claim("c", "A", "B", "acc")
+    result = ex.compare(claim, {0: 0.5, 1: 0.5, 2: 0.5}, {0: 0.6, 1: 0.61, 2: 0.62}, check)
+    assert result["verdict"] == "not tested at this scale"
+    assert result["engaged"] == {"description": "mean |offset| (px)", "value": 0.05, "threshold": 0.25,
+                                 "passed": False}
+
+
+def test_paper_verdict():
+    assert ex.paper_verdict([{"verdict": "reproduced"}]) == "reproduced"
+    assert ex.paper_verdict([{"verdict": "reproduced"}, {"verdict": "reproduced"}]) == "reproduced"
+    assert ex.paper_verdict([{"verdict": "reproduced"}, {"verdict": "inconclusive"}]) == "partly reproduced"
+    with pytest.raises(ValueError, match="at least one"):
+        ex.paper_verdict([])
+
+
+@pytest.mark.parametrize("kwargs, phrase", [
+    (dict(direction="up"), "direction must be one of"),
+    (dict(margin=-1.0), "margin must be a finite number >= 0"),
+    (dict(margin=float("nan")), "margin must be a finite number >= 0"),
+    (dict(method="A"), "baseline and method are the same arm"),
+])
+def test_bad_claims(kwargs, phrase):
+    base = dict(name="c", baseline="A", method="B", metric="m")
+    with pytest.raises(ValueError, match=phrase):
+        ex.Claim(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("env, expected", [({}, [0, 1, 2]), ({"KIT_SEEDS": ""}, [0, 1, 2]),
+                                           ({"KIT_SEEDS": "10,11, 12"}, [10, 11, 12])])
+def test_seeds_from_the_environment(env, expected):
+    assert ex.seeds([0, 1, 2], env=env) == expected
+
+
+@pytest.mark.parametrize("text, phrase", [("a,b", "comma-separated non-negative integers"),
+                                          ("1.5", "comma-separated"), ("-1,2", "non-negative"),
+                                          ("3,3", "distinct")])
+def test_bad_kit_seeds(text, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        ex.seeds([0], env={"KIT_SEEDS": text})
+
+
+def test_mean_std_formatting():
+    assert ex.mean_std([0.31, 0.32, 0.33], scale=100) == "32.0 ± 1.0 (n=3)"
+    assert ex.mean_std([0.5], scale=100) == "50.0 (n=1)"
+    comparison = {"difference_mean": 0.012, "interval_95": [-0.003, 0.027]}
+    assert ex.difference_text(comparison, scale=100) == "+1.2 [-0.3, +2.7]"
+
+
+def test_run_grid_is_seed_major_and_tidy():
+    calls = []
+
+    def run(arm, seed):
+        calls.append((arm, seed))
+        return {"metrics": {"acc": seed / 10 + (0.05 if arm == "B" else 0.0)}, "model": f"{arm}{seed}"}
+
+    grid = ex.run_grid(["A", "B"], [0, 1, 2], run)
+    assert calls == [("A", 0), ("B", 0), ("A", 1), ("B", 1), ("A", 2), ("B", 2)]
+    assert list(grid.table.columns) == ["arm", "seed", "acc"] and len(grid.table) == 6
+    assert grid.extras["B", 2] == {"model": "B2"}
+    result = grid.compare(ex.Claim("B beats A", "A", "B", "acc", margin=0.01))
+    assert result["difference_mean"] == pytest.approx(0.05) and result["verdict"] == "reproduced"
+    assert grid.per_arm()["A"]["acc"] == pytest.approx([0.0, 0.1, 0.2])
+    assert grid.summary(scale=100).loc["B", "acc"] == "15.0 ± 10.0 (n=3)"
+
+
+@pytest.mark.parametrize("metrics, phrase", [({"acc": float("nan")}, "not finite numbers"),
+                                             ({"acc": True}, "not finite numbers"),
+                                             ({"acc": "0.5"}, "not finite numbers")])
+def test_run_grid_rejects_bad_metrics(metrics, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        ex.run_grid(["A"], [0], lambda arm, seed: metrics)
+
+
+def test_run_grid_rejects_inconsistent_metrics():
+    with pytest.raises(ValueError, match="reported metrics"):
+        ex.run_grid(["A", "B"], [0], lambda arm, seed: {"acc": 0.5} if arm == "A" else {"loss": 1.0})
+
+
+def test_config_key_is_stable_and_sensitive():
+    assert ex.config_key({"a": 1, "b": [1, 2]}) == ex.config_key({"b": [1, 2], "a": 1})
+    assert ex.config_key({"a": 1}) != ex.config_key({"a": 2})
