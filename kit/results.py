@@ -14,13 +14,18 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kit import paths
 from kit.data.cache import atomic_write_bytes
+from kit.experiment import PAPER_VERDICTS, paper_verdict, t_interval, verdict_of
 
 _PAPER_ID = re.compile(r"^P\d{2}$")
-VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "inconclusive", "no claim tested")
+# The kit's verdicts (kit.experiment), plus "no claim tested" for a page that measures without a claim.
+VERDICTS = PAPER_VERDICTS + ("no claim tested",)
+_COMPARISON_FIELDS = ("claim", "baseline", "method", "metric", "direction", "margin", "n_seeds", "seeds",
+                      "baseline_values", "method_values", "difference_mean", "interval_95", "engaged", "verdict")
 
 
 def summarize(values: list[float]) -> dict:
@@ -40,14 +45,116 @@ def device_name(device: torch.device | str) -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _check_values(where: str, values, seeds: list) -> list:
+    """The per-seed values of one metric as a list; numbers only, one per seed, all finite."""
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    if len(values) != len(seeds):
+        raise ValueError(f"{where}: {len(values)} values for {len(seeds)} seeds; give one value per seed")
+    for value in values:
+        is_bool = isinstance(value, (bool, np.bool_)) or (torch.is_tensor(value) and value.dtype == torch.bool)
+        try:
+            number = None if is_bool or isinstance(value, (str, bytes)) else float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None:
+            raise TypeError(f"{where}: metric values must be numbers (one per seed), got {value!r} "
+                            f"of type {type(value).__name__} in {values}")
+    if any(not math.isfinite(float(v)) for v in values):
+        raise ValueError(f"{where}: non-finite values {values}; every recorded value must be a finite number")
+    return values
+
+
+def _check_record_inputs(seeds, metrics, paper_numbers, wall_seconds) -> None:
+    """Refuse what would make a record wrong or unreadable (cheap: a few checks per record)."""
+    if not isinstance(metrics, dict) or not metrics:
+        raise ValueError(f"metrics must be a non-empty dict method -> metric -> per-seed values, got {metrics!r}")
+    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in seeds):
+        raise TypeError(f"seeds must be ints, got {list(seeds)}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct (one run per seed), got duplicates in {list(seeds)}")
+    if not isinstance(paper_numbers, dict):
+        raise TypeError(f"paper_numbers must be a dict label -> number or text, got {type(paper_numbers).__name__}")
+    for label, number in paper_numbers.items():
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ValueError(f"paper_numbers[{label!r}] is {number}; give the paper's number, or text such as "
+                             "'not reported'")
+    if isinstance(wall_seconds, bool) or not math.isfinite(float(wall_seconds)) or float(wall_seconds) < 0:
+        raise ValueError(f"wall_seconds must be a finite number of seconds >= 0, got {wall_seconds!r}")
+
+
+def check_comparisons(comparisons: list, verdict: str, seeds: list, metrics: dict) -> None:
+    """A record's comparisons must be what :func:`kit.experiment.compare` makes of its own metrics.
+
+    Each comparison's values are the record's per-seed values of its arms; its mean difference,
+    interval and verdict are recomputed with the kit's rule; the paper's verdict must be
+    :func:`kit.experiment.paper_verdict` of them. A record cannot carry a verdict the rule does
+    not give.
+    """
+    if not isinstance(comparisons, list) or not comparisons:
+        raise ValueError("comparisons must be a non-empty list (one entry per declared claim, "
+                         "from kit.experiment.compare)")
+    for index, c in enumerate(comparisons):
+        where = f"comparisons[{index}] ({c.get('claim', '?')!r})" if isinstance(c, dict) else f"comparisons[{index}]"
+        missing = [k for k in _COMPARISON_FIELDS if not isinstance(c, dict) or k not in c]
+        if missing:
+            raise ValueError(f"{where} lacks {missing}; build it with kit.experiment.compare")
+        for arm, key in ((c["baseline"], "baseline_values"), (c["method"], "method_values")):
+            if arm not in metrics or c["metric"] not in metrics[arm]:
+                raise ValueError(f"{where}: the record has no metric {c['metric']!r} for arm {arm!r}")
+            recorded = dict(zip(seeds, metrics[arm][c["metric"]]))
+            if [recorded.get(s) for s in c["seeds"]] != list(c[key]) or c["n_seeds"] != len(c["seeds"]):
+                raise ValueError(f"{where}: its {key} are not the record's per-seed {arm}/{c['metric']} values")
+        sign = 1.0 if c["direction"] == "higher" else -1.0
+        differences = [sign * (m - b) for m, b in zip(c["method_values"], c["baseline_values"])]
+        interval = t_interval(differences)
+        stored = c["interval_95"]
+        same_interval = (interval is None and stored is None) or (
+            interval is not None and stored is not None
+            and all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(interval, stored)))
+        if not same_interval or not math.isclose(c["difference_mean"], sum(differences) / len(differences),
+                                                 rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(f"{where}: difference_mean / interval_95 do not follow from its values")
+        if verdict_of(c) != c["verdict"]:
+            raise ValueError(f"{where}: verdict {c['verdict']!r} does not follow from the rule "
+                             f"(which gives {verdict_of(c)!r})")
+    if paper_verdict(comparisons) != verdict:
+        raise ValueError(f"verdict {verdict!r} does not follow from the comparisons "
+                         f"(the rule gives {paper_verdict(comparisons)!r})")
+
+
+def machine() -> dict:
+    """What a number's last digits depend on: CPU model, cores, threads, BLAS / oneDNN build."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    config = torch.__config__.show()
+    blas = next((part.split("=", 1)[1] for line in config.splitlines() for part in line.replace(",", " ").split()
+                 if part.startswith("BLAS_INFO=")), "unknown")
+    onednn = next((line.strip(" -").split(" (")[0] for line in config.splitlines()
+                   if "MKL-DNN v" in line or "oneDNN v" in line), "unknown")  # e.g. "Intel(R) MKL-DNN v3.12.0"
+    from kit.runtime import available_cores
+
+    return {"cpu": model, "cores": available_cores(), "threads": torch.get_num_threads(), "blas": blas,
+            "onednn": onednn, "isa": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+
+
 def record(paper: str, profile: str, device, seeds: list[int], metrics: dict, claim: str,
            paper_numbers: dict, verdict: str, headline: str, wall_seconds: float,
-           notes: str = "", folder: Path | None = None) -> Path:
+           notes: str = "", folder: Path | None = None, comparisons: list | None = None) -> Path:
     """Write the results record; returns its path.
 
     metrics: method -> metric -> list of per-seed values (summarised here). headline: the
     metric the scoreboard shows (must be in every method), a fraction in [0, 1] (AP, mIoU,
-    accuracy; the scoreboard prints it in %). verdict: one of :data:`VERDICTS`.
+    accuracy; the scoreboard prints it in %). verdict: one of :data:`VERDICTS`. seeds must be
+    distinct ints; values, ``paper_numbers`` and ``wall_seconds`` finite (the file is standard
+    JSON: no NaN or Infinity). comparisons: one :func:`kit.experiment.compare` result per declared
+    claim; when given, the verdict must follow from them by the kit's rule (:func:`check_comparisons`).
     """
     if not _PAPER_ID.match(paper):
         raise ValueError(f"paper must look like 'P01', got {paper!r}")
@@ -55,40 +162,69 @@ def record(paper: str, profile: str, device, seeds: list[int], metrics: dict, cl
         raise ValueError(f"profile must be smoke, cpu or gpu, got {profile!r}")
     if verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+    _check_record_inputs(seeds, metrics, paper_numbers, wall_seconds)
     summary = {}
     for method, by_metric in metrics.items():
         summary[method] = {}
         for name, values in by_metric.items():
-            values = values if isinstance(values, (list, tuple)) else [values]
-            if len(values) != len(seeds):
-                raise ValueError(f"{method}/{name}: {len(values)} values for {len(seeds)} seeds")
-            if any(not math.isfinite(float(v)) for v in values):
-                raise ValueError(f"{method}/{name}: non-finite values {values}")
-            summary[method][name] = summarize(values)
+            summary[method][name] = summarize(_check_values(f"{method}/{name}", values, seeds))
         if headline not in summary[method]:
             raise ValueError(f"headline metric {headline!r} missing for method {method!r}")
         values = summary[method][headline]["values"]
         if any(not 0.0 <= v <= 1.0 for v in values):
             raise ValueError(f"{method}/{headline}: the headline metric must be a fraction in [0, 1] "
                              f"(the scoreboard shows it in %), got {values}; divide percentages by 100")
+    if comparisons is not None:
+        check_comparisons(comparisons, verdict, list(seeds), {m: {k: v["values"] for k, v in by.items()}
+                                                               for m, by in summary.items()})
     entry = {
         "paper": paper, "profile": profile, "device": device_name(device), "seeds": list(seeds),
         "claim": claim, "paper_numbers": paper_numbers, "metrics": summary, "headline": headline,
-        "verdict": verdict, "notes": notes, "wall_seconds": round(float(wall_seconds), 1),
+        "verdict": verdict, "comparisons": comparisons or [], "notes": notes, "wall_seconds": round(float(wall_seconds), 1),
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": _version("torchvision"), "kit": _version("kit")},
     }
+    try:  # standard JSON only: a NaN left anywhere (a nested paper number) is refused, not written
+        text = json.dumps(entry, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError as error:
+        raise ValueError(f"{paper}: the record holds a non-finite number ({error}); records are standard "
+                         "JSON, with finite numbers only") from None
     folder = Path(folder) if folder is not None else paths.results_dir() / profile
     path = folder / f"{paper}.json"
-    atomic_write_bytes(path, (json.dumps(entry, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(path, (text + "\n").encode())
     return path
 
 
+# The fields the scoreboard reads from every record.
+REQUIRED_FIELDS = ("paper", "profile", "device", "claim", "paper_numbers", "metrics", "headline",
+                   "verdict", "wall_seconds")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name} (records hold finite numbers only)")
+
+
+def load_one(path: Path) -> dict:
+    """One record, checked: standard JSON, an object with the fields the scoreboard reads."""
+    path = Path(path)
+    try:
+        entry = json.loads(path.read_text(), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"results file {path} is not a valid record: {error}; "
+                         "re-run its notebook or delete the file") from None
+    missing = [k for k in REQUIRED_FIELDS if k not in entry] if isinstance(entry, dict) else list(REQUIRED_FIELDS)
+    if missing:
+        raise ValueError(f"results file {path} is not a valid record: it lacks {missing}; a record is a "
+                         f"JSON object with {list(REQUIRED_FIELDS)} (as kit.results.record writes it)")
+    return entry
+
+
 def load_all(folder: Path | None = None) -> list[dict]:
-    """Every record under ``results/`` (all profiles)."""
+    """Every record under ``results/`` (all profiles); a bad file is an error that names it."""
     folder = Path(folder) if folder is not None else paths.results_dir()
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*/P*.json"))]
+    return [load_one(p) for p in sorted(folder.glob("*/P*.json"))]
 
 
 def _version(package: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -50,17 +51,46 @@ def device_for(profile: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def parse_threads(value, source: str = "threads") -> int | None:
+    """Check a thread count and return the number to give torch (``None``: use every core).
+
+    ``value`` is an int (``setup(threads=...)``) or the text of ``KIT_THREADS``; ``source``
+    names it in errors. Allowed: a whole number >= 1. ``None`` and an empty or blank
+    ``KIT_THREADS`` (as ``KIT_THREADS= make book`` leaves it) mean unset. More threads than
+    the cores available (:func:`available_cores`) only slow small convolutions down, and a
+    huge count crashes torch's thread pool: it warns and returns the core count instead.
+    """
+    cores = available_cores()
+    allowed = f"a whole number from 1 to {cores} (the cores available; more are capped to {cores})"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError(f"{source} must be {allowed}, got {value!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{source} must be {allowed}, got {value!r} of type {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{source} must be {allowed}, got {value}")
+    if value > cores:
+        warnings.warn(f"{source}={value} is more than the {cores} cores available; using {cores} threads",
+                      stacklevel=3)
+        return cores
+    return int(value)
+
+
 def setup(seed: int = 0, threads: int | None = None) -> torch.device:
     """One call at the top of a notebook: threads, determinism, seeds; returns the device.
 
-    ``threads`` defaults to ``KIT_THREADS`` if set, else the cores available to the process
-    (more threads than cores only slows small convolutions down).
+    ``threads`` defaults to ``KIT_THREADS`` if set (and not empty), else the cores available to
+    the process; either is checked by :func:`parse_threads` (at most the cores available).
     """
     if threads is None:
-        threads = int(os.environ.get("KIT_THREADS", 0)) or available_cores()
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
+        threads = parse_threads(os.environ.get("KIT_THREADS"), "KIT_THREADS")
+    else:
+        threads = parse_threads(threads, "threads")
+    torch.set_num_threads(threads if threads is not None else available_cores())
     torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -141,3 +141,40 @@ def test_run_grid_rejects_inconsistent_metrics():
 def test_config_key_is_stable_and_sensitive():
     assert ex.config_key({"a": 1, "b": [1, 2]}) == ex.config_key({"b": [1, 2], "a": 1})
     assert ex.config_key({"a": 1}) != ex.config_key({"a": 2})
+
+
+# ----------------------------------------------------------------------------- the record
+
+def _record(tmp_path, comparisons, verdict, seeds=(0, 1, 2)):
+    from kit import results
+
+    metrics = {"A": {"AP": [0.30, 0.31, 0.29]}, "B": {"AP": [0.34, 0.36, 0.33]}}
+    return results.record("P99", "cpu", "cpu", list(seeds), metrics, "B beats A", {}, verdict, "AP", 1.0,
+                          folder=tmp_path, comparisons=comparisons)
+
+
+def _comparison():
+    claim = ex.Claim("B beats A", "A", "B", "AP", margin=0.01)
+    return ex.compare(claim, {0: 0.30, 1: 0.31, 2: 0.29}, {0: 0.34, 1: 0.36, 2: 0.33})
+
+
+def test_record_keeps_comparisons_and_the_machine(tmp_path):
+    import json
+
+    path = _record(tmp_path, [_comparison()], "reproduced")
+    saved = json.loads(path.read_text())
+    assert saved["comparisons"][0]["verdict"] == "reproduced" and saved["comparisons"][0]["n_seeds"] == 3
+    assert {"cpu", "cores", "threads", "blas", "onednn"} <= set(saved["machine"])
+
+
+@pytest.mark.parametrize("edit, verdict, phrase", [
+    (lambda c: c, "not reproduced", "does not follow from the comparisons"),
+    (lambda c: {**c, "verdict": "inconclusive"}, "inconclusive", "does not follow from the rule"),
+    (lambda c: {**c, "interval_95": [0.5, 0.6]}, "reproduced", "do not follow from its values"),
+    (lambda c: {**c, "method_values": [0.9, 0.9, 0.9]}, "reproduced", "not the record's per-seed"),
+    (lambda c: {k: v for k, v in c.items() if k != "margin"}, "reproduced", "lacks"),
+    (lambda c: {**c, "method": "C"}, "reproduced", "no metric 'AP' for arm 'C'"),
+])
+def test_record_refuses_a_verdict_the_rule_does_not_give(tmp_path, edit, verdict, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        _record(tmp_path, [edit(_comparison())], verdict)

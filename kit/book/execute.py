@@ -6,7 +6,10 @@ Without notebook paths it looks at every ``notebooks/**/*.ipynb``. A notebook is
 a fresh kernel (nbclient) with ``KIT_PROFILE`` set and its own folder as the working
 directory; a last probe cell, removed afterwards, reports which kit modules the kernel
 imported and on what device it ran. ``--all`` executes every notebook whatever its state;
-``--check`` executes nothing and exits with 1 if any notebook would be executed.
+``--check`` executes nothing and exits with 1 if any notebook would be executed. A notebook
+that cannot be read (malformed JSON, not a notebook, outside the repository) or fails to
+execute is reported by name and the others go on; the exit status is then 1, with the
+failures listed at the end.
 """
 from __future__ import annotations
 
@@ -84,7 +87,40 @@ def execute(path: Path, profile: str, timeout: int = 1800) -> dict:
     return meta
 
 
+def _check_notebook_path(path: Path) -> Path:
+    """The resolved path of a notebook to execute: an existing ``.ipynb`` inside the repository.
+
+    A notebook outside the repository cannot be stamped with provenance (its kit modules are
+    hashed relative to the root), so it is refused.
+    """
+    resolved = Path(path).resolve()
+    root = paths.root()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"it is outside the repository {root}; the executor runs notebooks under "
+                         f"{root / 'notebooks'} only")
+    if resolved.suffix != ".ipynb" or not resolved.is_file():
+        raise ValueError("it is not an existing .ipynb file")
+    return resolved
+
+
+def _read_status(path: Path, profile: str):
+    """(resolved path, provenance status) of one notebook; ValueError naming what is wrong."""
+    import nbformat
+
+    resolved = _check_notebook_path(path)
+    try:
+        return resolved, provenance.status(nbformat.read(resolved, as_version=4), profile)
+    except Exception as error:  # NotJSONError, unreadable bytes, metadata of the wrong shape
+        raise ValueError(f"it is not a readable notebook ({type(error).__name__}: {error}); "
+                         "a notebook is nbformat 4 JSON") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Check every notebook, execute the stale ones; a bad or failing notebook does not stop the others.
+
+    Returns 1 when any notebook could not be read or executed (each is named, and listed again
+    at the end), or with ``--check`` when any is stale; 0 otherwise.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--profile", default=os.environ.get("KIT_PROFILE", "auto"))
@@ -96,28 +132,35 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     notebooks = args.notebooks or find_notebooks()
-    import nbformat
 
-    pending = []
+    pending, failures = [], []
     for path in notebooks:
-        state = provenance.status(nbformat.read(path, as_version=4), profile)
-        name = path.relative_to(paths.root()) if path.is_absolute() else path
+        try:
+            resolved, state = _read_status(path, profile)
+        except ValueError as error:
+            failures.append(f"{path}: {error}")
+            print(f"FAILED: {failures[-1]}", file=sys.stderr, flush=True)
+            continue
+        name = resolved.relative_to(paths.root())
         if state.needs_run or args.all:
-            pending.append(path)
+            pending.append(resolved)
             print(f"{name}: {state.state if not args.all else 'forced'} ({'; '.join(state.reasons) or 'asked'})")
         else:
             print(f"{name}: fresh at {state.provenance['profile']} ({state.provenance['executed_at']})")
-    if args.check:
-        return 1 if pending else 0
-    for path in pending:
-        print(f"executing {path.name} at profile {profile} ...", flush=True)
-        try:
-            meta = execute(path, profile)
-        except Exception as error:  # a failing notebook must stop the build, loudly
-            print(f"FAILED: {path}: {error}", file=sys.stderr)
-            return 1
-        print(f"  done in {meta['wall_seconds']} s on {meta['device']}", flush=True)
-    return 0
+    if not args.check:
+        for path in pending:
+            print(f"executing {path.name} at profile {profile} ...", flush=True)
+            try:
+                meta = execute(path, profile)
+            except Exception as error:  # a failing notebook fails the build, loudly, after the others ran
+                failures.append(f"{path}: {error}")
+                print(f"FAILED: {failures[-1]}", file=sys.stderr, flush=True)
+                continue
+            print(f"  done in {meta['wall_seconds']} s on {meta['device']}", flush=True)
+    if failures:
+        print(f"{len(failures)} notebook(s) failed:", *(f"  {f}" for f in failures), sep="\n", file=sys.stderr)
+        return 1
+    return 1 if args.check and pending else 0
 
 
 if __name__ == "__main__":

@@ -99,6 +99,12 @@ def _fmt(summary: dict, scale: float) -> str:
     return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
 
 
+def _cell(text) -> str:
+    """Text made safe for one cell of a Markdown table: ``|`` escaped, line breaks as ``<br>``."""
+    text = str(text).replace("\r\n", "\n").replace("\r", "\n")
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
 def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
     """One row per paper with results: the best profile's record (gpu, else cpu; never smoke)."""
     by_paper = {}
@@ -121,9 +127,9 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
         rec = by_paper[paper_id]
         paper = titles.get(paper_id, {"short": paper_id, "chapter": ""})
         metric = rec["headline"]
-        ours = "<br>".join(f"{method}: {_fmt(m[metric], 100)} {metric}"
+        ours = "<br>".join(f"{_cell(method)}: {_fmt(m[metric], 100)} {_cell(metric)}"
                            for method, m in rec["metrics"].items())
-        theirs = "<br>".join(f"{k}: {v}" for k, v in rec["paper_numbers"].items())
+        theirs = "<br>".join(f"{_cell(k)}: {_cell(v)}" for k, v in rec["paper_numbers"].items())
         nb = notebook_for(paper, root) if "chapter" in paper and paper["chapter"] else None
         if nb is None:
             page = f"{paper.get('short', '')} (no notebook)"
@@ -131,8 +137,9 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
             state = provenance.status(json.loads(nb.read_text()), rec["profile"], root)
             link = f"[{paper['short']}](notebooks/{paper['chapter']}/{nb.stem}.ipynb)"
             page = f"{link} {'(stale)' if state.needs_run else '(up to date)'}"
-        lines.append(f"| **{paper_id}** {page} | {rec['claim']} | {ours} | {theirs} | "
-                     f"**{rec['verdict']}**<br>({rec['profile']}, {rec['device']}, {rec['wall_seconds']:.0f} s) |")
+        lines.append(f"| **{paper_id}** {page} | {_cell(rec['claim'])} | {ours} | {theirs} | "
+                     f"**{_cell(rec['verdict'])}**<br>({rec['profile']}, {_cell(rec['device'])}, "
+                     f"{rec['wall_seconds']:.0f} s) |")
     if not by_paper:
         lines.append("| — | no results recorded yet | | | |")
     return "\n".join(lines) + "\n"

@@ -5,14 +5,25 @@ with ``torch.save``) and ``<name>-<key>.sha256`` (the SHA-256 of the ``.pt`` byt
 written to a temporary file in the same folder and moved into place with ``os.replace``,
 so a reader never sees half a file. On load the checksum is recomputed; a missing,
 truncated or corrupt entry is rebuilt (and a warning says so).
+
+The key of an entry hashes the generator's parameters *and its source code*
+(:func:`source_hash`), so editing a generator regenerates its data. A writer killed between
+creating its temporary file and moving it into place leaves an orphan
+``.<name>.<pid>.<random>.tmp``; the next write to the same path deletes the orphans whose
+writer is no longer running (:func:`_remove_orphans`). A folder that cannot be written (a
+read-only checkout) is not an error: :func:`cached` warns and returns the data it built.
 """
 from __future__ import annotations
 
+import ast
+import glob
 import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping
@@ -21,6 +32,10 @@ import torch
 
 from kit import paths
 
+# Temporary files left by writers that used a random name without a pid (before the pid was
+# part of the name) are deleted once they are this old: no write of bytes takes minutes.
+ORPHAN_AGE_SECONDS = 15 * 60
+
 
 def params_key(params: Mapping) -> str:
     """A short stable hash of JSON-serialisable parameters (the cache key)."""
@@ -28,11 +43,102 @@ def params_key(params: Mapping) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# --------------------------------------------------------------------------- generator source
+
+
+def _kit_data_imports(path: Path) -> set[str]:
+    """Names of the ``kit.data`` modules a source file imports (``from kit.data.shapes import ...``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.startswith("kit.data."):
+                found.add(node.module)
+            elif node.module == "kit.data":  # from kit.data import shapes
+                found.update(f"kit.data.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("kit.data."))
+    return found
+
+
+def source_hash(module: str, folder: Path | None = None) -> str:
+    """SHA-256 (16 hex digits) of a generator module's source and of the ``kit.data`` modules it uses.
+
+    ``module`` is a dotted name such as ``"kit.data.shapes"``. The imports are followed
+    transitively inside ``kit.data`` (``finegrained`` draws with ``shapes``' helpers, so an edit
+    to ``shapes.py`` changes both keys). This module is left out: it stores the tensors, it
+    does not draw them. Reads a few small files per call, as the notebooks' provenance
+    does. ``folder`` (default: the
+    folder of this file, ``kit/data/``) is for tests.
+    """
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parent  # kit/data/
+    seen, pending = set(), [module]
+    while pending:
+        name = pending.pop()
+        if name in seen or name == __name__:
+            continue
+        path = folder / f"{name.rsplit('.', 1)[-1]}.py"
+        if not name.startswith("kit.data.") or not path.is_file():
+            raise ValueError(f"source_hash needs a module file under kit/data/, got {name!r}")
+        seen.add(name)
+        pending.extend(_kit_data_imports(path))
+    digest = hashlib.sha256()
+    for name in sorted(seen):  # (file name, bytes) pairs in a fixed order
+        digest.update(name.encode() + b"\0" + (folder / f"{name.rsplit('.', 1)[-1]}.py").read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive but someone else's; anything else: assume alive
+        return True
+    return True
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete the temporary files of earlier writes to ``path`` whose writer is gone.
+
+    A live writer's file is never touched: new-style names carry the writer's pid
+    (``.<name>.<pid>.<random>.tmp``) and are removed only when that pid no longer runs;
+    old-style names (``.<name>.<random>.tmp``) only once older than :data:`ORPHAN_AGE_SECONDS`.
+    """
+    name = re.escape(path.name)
+    with_pid = re.compile(rf"^\.{name}\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+    without_pid = re.compile(rf"^\.{name}\.[A-Za-z0-9_]{{8}}\.tmp$")
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return
+    for candidate in candidates:
+        match = with_pid.match(candidate.name)
+        try:
+            if match:
+                orphan = int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1)))
+            else:
+                orphan = bool(without_pid.match(candidate.name)) and (
+                    time.time() - candidate.stat().st_mtime > ORPHAN_AGE_SECONDS)
+            if orphan:
+                candidate.unlink()
+        except OSError:  # gone already, or not ours to delete: leave it
+            pass
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never half."""
+    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The bytes go to ``.<name>.<pid>.<random>.tmp`` beside ``path`` and are moved into place;
+    orphans of killed earlier writers are removed first (see :func:`_remove_orphans`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -76,7 +182,11 @@ def load(path: Path) -> dict[str, torch.Tensor] | None:
 
 def cached(name: str, params: Mapping, build: Callable[[], Mapping[str, torch.Tensor]],
            folder: Path | None = None) -> dict[str, torch.Tensor]:
-    """Return the cached tensors for ``(name, params)``, building and saving them if needed."""
+    """Return the cached tensors for ``(name, params)``, building and saving them if needed.
+
+    When the entry cannot be written (a read-only data folder, a full disk) the built tensors
+    are returned anyway, with a warning: the cache only saves time.
+    """
     folder = Path(folder) if folder is not None else paths.data_dir() / "cache"
     path = folder / f"{name}-{params_key(params)}.pt"
     entry = load(path)
@@ -85,5 +195,9 @@ def cached(name: str, params: Mapping, build: Callable[[], Mapping[str, torch.Te
     if path.exists():
         warnings.warn(f"cache entry {path.name} failed its checksum; rebuilding it", stacklevel=2)
     tensors = dict(build())
-    save(path, tensors)
+    try:
+        save(path, tensors)
+    except OSError as error:
+        warnings.warn(f"could not write the cache entry {path} ({error}); returning the data without "
+                      "caching it (make the folder writable, or set KIT_ROOT to a writable copy)", stacklevel=2)
     return tensors

@@ -10,7 +10,8 @@ image border. Boxes are the tight boxes of the *visible* masks, as COCO annotate
 
 Everything is drawn with tensor ops over a pixel grid, all images at once, so the same code
 generates on the GPU (``device="cuda"``) for the gpu profile. On the CPU the result is
-cached under ``data/cache/`` (:mod:`kit.data.cache`): same parameters, same tensors.
+cached under ``data/cache/`` (:mod:`kit.data.cache`): same parameters and same generator
+source, same tensors.
 """
 from __future__ import annotations
 
@@ -318,7 +319,9 @@ def generate(config: ShapeSceneConfig, device: torch.device | str = "cpu",
     device = torch.device(device)
     if device.type != "cpu" or not use_cache:
         return ShapeScenes(config, **_render(config, device))
-    params = {"generator": "shapes-v1", **asdict(config)}
+    # The key hashes this module's source (and the kit.data modules it uses) with the config,
+    # so an edit to the generator regenerates the data instead of serving the old tensors.
+    params = {"generator": "shapes", "source": cache.source_hash(__name__), **asdict(config)}
     stored = cache.cached("shapes", params, lambda: _pack_masks(_render(config, device)))
     return ShapeScenes(config, **_unpack_masks(stored, config.image_size))
 

@@ -15,6 +15,13 @@ Three rules, each per image, each returning for every prior the index of its obj
   positives ``k`` per object as the hyper-parameter (HPS-Det, Liu et al. 2022,
   arXiv 2207.11539; a scalar ``k`` and TOOD's metric give TAL exactly).
 
+Every assigner first validates its ground truth (:func:`kit.det.validation.check_gt_boxes`:
+finite xyxy boxes with ``x2 >= x1``, ``y2 >= y1``, the dtype and device of the priors or
+predictions; labels in range) and TAL its scores (probabilities in [0, 1]): wrong ground truth
+would otherwise silently get no positives. The batch losses (``atss_loss``, ``tood_loss``, ...)
+check the whole batch once and call the assigners with ``validate=False``, so the training hot
+path does not repeat the check per image.
+
 All three follow mmdetection (``MaxIoUAssigner``, ``ATSSAssigner``, ``TaskAlignedAssigner``),
 including the order of their steps and how a prior claimed by several objects is resolved
 (the object with the highest IoU wins; on an exact tie, the lowest object index).
@@ -24,16 +31,9 @@ from __future__ import annotations
 import torch
 
 from kit.det.boxes import box_iou, centers, points_inside
+from kit.det.validation import check_gt_boxes, check_probs, check_shape
 
 _NEG_INF = float("-inf")
-
-
-def _check(name: str, tensor: torch.Tensor, shape: tuple) -> None:
-    """Shape check: ``shape`` holds ints (exact) and None (any)."""
-    ok = tensor.dim() == len(shape) and all(s is None or s == t for s, t in zip(shape, tensor.shape))
-    if not ok:
-        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-        raise ValueError(f"{name} must have shape {want}, got {tuple(tensor.shape)}")
 
 
 def _resolve_by_iou(candidate_pos: torch.Tensor, ious: torch.Tensor):
@@ -50,7 +50,8 @@ def _resolve_by_iou(candidate_pos: torch.Tensor, ious: torch.Tensor):
 
 
 def max_iou_assign(anchors: torch.Tensor, gt_boxes: torch.Tensor, pos_iou: float = 0.5,
-                   neg_iou: float = 0.4, min_pos_iou: float = 0.0, match_low_quality: bool = True):
+                   neg_iou: float = 0.4, min_pos_iou: float = 0.0, match_low_quality: bool = True,
+                   *, validate: bool = True):
     """Max-IoU assignment (RetinaNet 0.5/0.4; RPN 0.7/0.3).
 
     anchors: (N, 4); gt_boxes: (M, 4). Returns ``(assigned, max_iou)``: assigned (N,) is the
@@ -58,8 +59,9 @@ def max_iou_assign(anchors: torch.Tensor, gt_boxes: torch.Tensor, pos_iou: float
     between (ignored by the loss). With ``match_low_quality`` every object also takes the
     anchors with its highest IoU (if that IoU >= ``min_pos_iou``), as mmdetection does.
     """
-    _check("anchors", anchors, (None, 4))
-    _check("gt_boxes", gt_boxes, (None, 4))
+    check_shape("anchors", anchors, (None, 4))
+    if validate:
+        check_gt_boxes(gt_boxes, like=anchors)
     if not 0 <= neg_iou <= pos_iou <= 1:
         raise ValueError(f"need 0 <= neg_iou <= pos_iou <= 1, got neg_iou={neg_iou}, pos_iou={pos_iou}")
     n, m = anchors.shape[0], gt_boxes.shape[0]
@@ -79,7 +81,8 @@ def max_iou_assign(anchors: torch.Tensor, gt_boxes: torch.Tensor, pos_iou: float
     return assigned, max_iou
 
 
-def atss_assign(anchors: torch.Tensor, num_per_level: list[int], gt_boxes: torch.Tensor, topk: int = 9):
+def atss_assign(anchors: torch.Tensor, num_per_level: list[int], gt_boxes: torch.Tensor, topk: int = 9,
+                *, validate: bool = True):
     """Adaptive Training Sample Selection.
 
     anchors: (N, 4) anchor boxes of all levels concatenated (for point priors: squares of
@@ -93,8 +96,9 @@ def atss_assign(anchors: torch.Tensor, num_per_level: list[int], gt_boxes: torch
 
     Returns ``(assigned, iou)``: the object index per prior (-1 negative) and its IoU.
     """
-    _check("anchors", anchors, (None, 4))
-    _check("gt_boxes", gt_boxes, (None, 4))
+    check_shape("anchors", anchors, (None, 4))
+    if validate:
+        check_gt_boxes(gt_boxes, like=anchors)
     if sum(num_per_level) != anchors.shape[0]:
         raise ValueError(f"num_per_level sums to {sum(num_per_level)} but there are {anchors.shape[0]} anchors")
     if topk < 1:
@@ -135,11 +139,12 @@ def alignment_metric(scores: torch.Tensor, ious: torch.Tensor, alpha: float = 1.
 
 def task_aligned_assign(scores: torch.Tensor, pred_boxes: torch.Tensor, points: torch.Tensor,
                         gt_boxes: torch.Tensor, gt_labels: torch.Tensor, topk: int = 13,
-                        alpha: float = 1.0, beta: float = 6.0):
+                        alpha: float = 1.0, beta: float = 6.0, *, validate: bool = True):
     """Task-aligned assignment (TOOD's TAL).
 
-    scores: (N, C) class probabilities; pred_boxes: (N, 4) predicted xyxy boxes; points:
-    (N, 2) prior centres; gt_boxes: (M, 4); gt_labels: (M,) in [0, C). Both predictions are
+    scores: (N, C) class probabilities (checked to lie in [0, 1]); pred_boxes: (N, 4)
+    predicted xyxy boxes; points: (N, 2) prior centres; gt_boxes: (M, 4) of pred_boxes' dtype;
+    gt_labels: (M,) in [0, C). Both predictions are
     treated as constants (the assignment is not differentiated). For each object:
 
     1. ``t = s^alpha * u^beta`` for every prior, with ``s`` the score of the object's class and
@@ -154,19 +159,18 @@ def task_aligned_assign(scores: torch.Tensor, pred_boxes: torch.Tensor, points: 
     Returns ``(assigned_gt, alignment)``: the object index of each prior (-1 for negatives)
     and its metric ``t`` for that object (0 for negatives), both (N,).
     """
-    _check("scores", scores, (None, None))
+    check_shape("scores", scores, (None, None))
     n, num_classes = scores.shape
-    _check("pred_boxes", pred_boxes, (n, 4))
-    _check("points", points, (n, 2))
-    _check("gt_boxes", gt_boxes, (None, 4))
-    m = gt_boxes.shape[0]
-    _check("gt_labels", gt_labels, (m,))
+    check_shape("pred_boxes", pred_boxes, (n, 4))
+    check_shape("points", points, (n, 2))
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     if alpha < 0 or beta < 0:
         raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
-    if m and (gt_labels.min() < 0 or gt_labels.max() >= num_classes):
-        raise ValueError(f"gt_labels must lie in [0, {num_classes}), got {gt_labels.tolist()}")
+    if validate:
+        check_gt_boxes(gt_boxes, gt_labels, num_classes, like=pred_boxes)
+        check_probs(scores, "scores")  # logits here would rank the wrong priors
+    m = gt_boxes.shape[0]
     assigned = torch.full((n,), -1, dtype=torch.long, device=scores.device)
     if m == 0 or n == 0:
         return assigned, scores.new_zeros(n)
@@ -194,10 +198,10 @@ def topk_assign(metric: torch.Tensor, ious: torch.Tensor, inside: torch.Tensor, 
     Returns ``(assigned, alignment)``: object index per prior (-1 negative) and the metric
     of the winning pair (0 for negatives), both (N,).
     """
-    _check("metric", metric, (None, None))
+    check_shape("metric", metric, (None, None))
     n, m = metric.shape
-    _check("ious", ious, (n, m))
-    _check("inside", inside, (n, m))
+    check_shape("ious", ious, (n, m))
+    check_shape("inside", inside, (n, m))
     if inside.dtype != torch.bool:
         raise ValueError(f"inside must be a bool tensor, got {inside.dtype}")
     per_object = torch.as_tensor(k, device=metric.device)

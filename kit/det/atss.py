@@ -25,6 +25,7 @@ from kit.det.assigners import atss_assign
 from kit.det.boxes import centerness_target
 from kit.det.detector import DenseOutput, Scale, gather_targets, pad_targets
 from kit.det.losses import giou_loss, one_hot, sigmoid_focal_loss
+from kit.det.validation import check_gt
 
 
 def conv_gn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -44,7 +45,7 @@ class ATSSHead(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 64, feat_channels: int = 64,
                  stacked_convs: int = 2, num_levels: int = 3):
         super().__init__()
-        self.num_classes = num_classes
+        self.num_classes, self.in_channels = num_classes, in_channels  # DenseDetector checks in_channels
         self.cls_tower = nn.Sequential(*[conv_gn_relu(in_channels if i == 0 else feat_channels, feat_channels)
                                          for i in range(stacked_convs)])
         self.reg_tower = nn.Sequential(*[conv_gn_relu(in_channels if i == 0 else feat_channels, feat_channels)
@@ -83,9 +84,19 @@ class ATSSHead(nn.Module):
 
 
 def atss_targets(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale: float = 4.0, topk: int = 9):
-    """ATSS assignment for every image: object index per prior (B, N), -1 for negatives."""
+    """ATSS assignment for every image: object index per prior (B, N), -1 for negatives.
+
+    gt_boxes / gt_labels: one (M_i, 4) / (M_i,) tensor per image, validated by
+    :func:`kit.det.validation.check_gt` (finite xyxy boxes of ``out.boxes``' dtype, labels in range).
+    """
+    check_gt(gt_boxes, gt_labels, out.cls_probs.shape[0], out.cls_probs.shape[-1], like=out.boxes)
+    return _atss_assignment(out, gt_boxes, anchor_scale, topk)
+
+
+def _atss_assignment(out: DenseOutput, gt_boxes: list, anchor_scale: float, topk: int) -> torch.Tensor:
+    """:func:`atss_targets` on ground truth the caller has validated already."""
     anchors = out.priors.anchor_boxes(anchor_scale)
-    return torch.stack([atss_assign(anchors, out.priors.num_per_level, boxes, topk)[0]
+    return torch.stack([atss_assign(anchors, out.priors.num_per_level, boxes, topk, validate=False)[0]
                         for boxes in gt_boxes])
 
 
@@ -104,11 +115,20 @@ def atss_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale: f
       before normalisation (detached; Stitcher's small-object feedback);
     * ``targets_fn(out, gt_boxes, gt_labels) -> assigned (B, N)`` replaces ATSS's assignment
       (HPS-Det's static / dynamic top-k, :mod:`kit.det.hps`).
+
+    The ground truth is validated first (:func:`kit.det.validation.check_gt`): one list per
+    image, finite xyxy boxes of ``out.boxes``' dtype, labels in ``[0, C)``; a batch of 0 images
+    is refused.
     """
+    batch_size, num_classes = out.cls_probs.shape[0], out.cls_probs.shape[-1]
+    check_gt(gt_boxes, gt_labels, batch_size, num_classes, like=out.boxes)
+    if label_mask is not None and tuple(label_mask.shape) != (batch_size, num_classes):
+        raise ValueError(f"label_mask must be (B, C) = ({batch_size}, {num_classes}), one row of labelled "
+                         f"classes per image, got {tuple(label_mask.shape)}")
     if targets_fn is not None:
         assigned = targets_fn(out, gt_boxes, gt_labels)  # (B, N)
     else:
-        assigned = atss_targets(out, gt_boxes, gt_labels, anchor_scale, topk)  # (B, N)
+        assigned = _atss_assignment(out, gt_boxes, anchor_scale, topk)  # (B, N)
     matched_boxes, labels = gather_targets(assigned, *pad_targets(gt_boxes, gt_labels))
     positive = labels >= 0  # (B, N)
     num_pos = max(1.0, float(positive.sum()))

@@ -42,6 +42,7 @@ from torch import nn
 from kit.det.atss import ATSSHead, prior_bias
 from kit.det.boxes import box_iou, centers, generalized_box_iou, points_inside
 from kit.det.detector import DenseOutput
+from kit.det.validation import check_gt, check_gt_boxes
 
 EPS = 1e-12  # the official code's clamp
 
@@ -121,8 +122,7 @@ def autoassign_weights(cls_probs: torch.Tensor, obj_probs: torch.Tensor, pred_bo
     if obj_probs.shape != (n,) or pred_boxes.shape != (n, 4) or points.shape != (n, 2):
         raise ValueError(f"need obj_probs ({n},), pred_boxes ({n}, 4), points ({n}, 2); got "
                          f"{tuple(obj_probs.shape)}, {tuple(pred_boxes.shape)}, {tuple(points.shape)}")
-    if gt_boxes.dim() != 2 or gt_boxes.shape[-1] != 4 or gt_labels.shape != gt_boxes.shape[:1]:
-        raise ValueError(f"need gt_boxes (M, 4) and gt_labels (M,), got {tuple(gt_boxes.shape)}, {tuple(gt_labels.shape)}")
+    check_gt_boxes(gt_boxes, gt_labels, num_classes, like=pred_boxes)
     prior = center_prior(points, strides, gt_boxes, gt_labels)  # (N, M)
     inside = inside_mask(points, gt_boxes, prior.detach(), force_topk, topk)
     prior = prior * inside
@@ -156,13 +156,12 @@ def autoassign_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, center_pr
                     neg_loss_weight: float = 0.75, center_loss_weight: float = 0.75) -> dict:
     """AutoAssign's loss for a batch; gt_boxes / gt_labels per image (M_i, 4) / (M_i,).
 
-    ``out.centerness_logits`` holds the ImpObj logits (:class:`AutoAssignHead`).
+    ``out.centerness_logits`` holds the ImpObj logits (:class:`AutoAssignHead`). The ground
+    truth is validated first (:func:`kit.det.validation.check_gt`).
     """
     if out.centerness_logits is None:
         raise ValueError("AutoAssign needs the ImpObj logits in out.centerness_logits (use AutoAssignHead)")
-    if len(gt_boxes) != out.cls_probs.shape[0] or len(gt_labels) != len(gt_boxes):
-        raise ValueError(f"need one target list per image: {out.cls_probs.shape[0]} images, "
-                         f"{len(gt_boxes)} box lists, {len(gt_labels)} label lists")
+    check_gt(gt_boxes, gt_labels, out.cls_probs.shape[0], out.cls_probs.shape[-1], like=out.boxes)
     cls_probs, obj_probs = out.cls_probs.float(), out.centerness_logits.float().sigmoid()  # (B, N, C), (B, N)
     pos_losses, neg_losses, center_losses, prior_mass = [], [], [], []
     for b, (boxes, labels) in enumerate(zip(gt_boxes, gt_labels)):

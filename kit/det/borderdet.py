@@ -37,6 +37,7 @@ from kit.det.atss import ATSSHead, atss_loss, prior_bias
 from kit.det.boxes import box_iou, distance2bbox
 from kit.det.detector import DenseOutput, flatten_levels
 from kit.det.losses import one_hot, sigmoid_focal_loss
+from kit.det.validation import check_gt
 from kit.ops.border_align import border_align
 
 
@@ -143,10 +144,14 @@ def border_targets(coarse: torch.Tensor, gt_boxes: list, gt_labels: list, iou_th
     """Border labels (B, N) (-1 background) and box targets (B, N, 4) (0 for background).
 
     coarse: (B, N, 4) first-stage boxes in px. A location is positive when its coarse box has
-    IoU >= ``iou_thresh`` with an object; it takes the object of highest IoU.
+    IoU >= ``iou_thresh`` with an object; it takes the object of highest IoU. The ground truth
+    (one list per image, of ``coarse``'s dtype) is validated by :func:`kit.det.validation.check_gt`.
     """
     if not 0 < iou_thresh <= 1:
         raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
+    if coarse.dim() != 3 or coarse.shape[-1] != 4:
+        raise ValueError(f"coarse must be (B, N, 4) xyxy boxes, got {tuple(coarse.shape)}")
+    check_gt(gt_boxes, gt_labels, coarse.shape[0], like=coarse)
     labels = torch.full(coarse.shape[:2], -1, dtype=torch.long, device=coarse.device)
     targets = torch.zeros_like(coarse)
     for b, (boxes, classes) in enumerate(zip(gt_boxes, gt_labels)):

@@ -27,6 +27,8 @@ from typing import Sequence
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
+from kit.det.validation import check_probs
+
 
 def merge_label_spaces(class_names: Sequence[Sequence[str]]):
     """Union of the datasets' class names, duplicates merged (the paper's step 1).
@@ -72,10 +74,11 @@ def dataset_aware_focal_loss(logits: torch.Tensor, targets: torch.Tensor, label_
     logits, targets: (N, C) (targets one-hot, background rows all zero); label_mask: bool or
     0/1, broadcastable to (N, C) (e.g. (N, C) per prior, or (C,) for one dataset): True where
     the class counts. Masked entries add exactly nothing (nor gradient). Every positive target
-    must lie in a counted class. With an all-True mask this is the plain focal loss / N_pos.
+    must lie in a counted class, and targets must lie in [0, 1]. With an all-True mask this is the plain focal loss / N_pos.
     """
     if logits.dim() != 2 or logits.shape != targets.shape:
         raise ValueError(f"logits and targets must both be (N, C), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    check_probs(targets, "targets")  # one-hot (or soft) in [0, 1], not class indices
     try:
         mask = torch.broadcast_to(label_mask.to(torch.bool), logits.shape)
     except RuntimeError:

@@ -93,6 +93,10 @@ class DenseDetector(nn.Module):
     def __init__(self, head: nn.Module, widths=(16, 32, 64, 128), fpn_channels: int = 64,
                  channels_last: bool = True):
         super().__init__()
+        head_channels = getattr(head, "in_channels", None)  # the heads of kit.det record theirs
+        if head_channels is not None and head_channels != fpn_channels:
+            raise ValueError(f"the head takes {head_channels} input channels but the FPN gives "
+                             f"fpn_channels={fpn_channels}; build the head with in_channels={fpn_channels}")
         # channels-last memory makes the small CPU convolutions here ~20% faster (measured).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone = TinyResNet(widths)
@@ -102,9 +106,17 @@ class DenseDetector(nn.Module):
         self.num_classes = head.num_classes
         self.to(memory_format=self.memory_format)
 
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the weights, which images must have (autocast casts inside the convs)."""
+        return next(self.backbone.parameters()).dtype
+
     def forward(self, images: torch.Tensor) -> DenseOutput:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        dtype = self.weight_dtype()
+        if images.dtype != dtype:
+            hint = " (uint8 pixels: use images.float() / 255)" if not images.is_floating_point() else ""
+            raise TypeError(f"images must be {dtype} in [0, 1] like the detector's weights, got {images.dtype}{hint}")
         images = images.contiguous(memory_format=self.memory_format)
         features = self.fpn(self.backbone(images))  # [(B, F, H/s, W/s)] for s in 8, 16, 32
         priors = point_priors([f.shape[-2:] for f in features], self.strides, device=images.device)

@@ -26,6 +26,7 @@ import torch
 
 from kit.det.assigners import alignment_metric, topk_assign
 from kit.det.boxes import box_iou, points_inside
+from kit.det.validation import check_gt, check_gt_boxes, check_probs
 
 
 def choose_k(metric: torch.Tensor, ious: torch.Tensor, inside: torch.Tensor, k_choices: Sequence[int],
@@ -59,12 +60,13 @@ def choose_k(metric: torch.Tensor, ious: torch.Tensor, inside: torch.Tensor, k_c
 
 def hps_assign(scores: torch.Tensor, pred_boxes: torch.Tensor, points: torch.Tensor, gt_boxes: torch.Tensor,
                gt_labels: torch.Tensor, k: int | None = None, k_choices: Sequence[int] | None = None,
-               iou_floor: float = 0.5, alpha: float = 1.0, beta: float = 6.0):
+               iou_floor: float = 0.5, alpha: float = 1.0, beta: float = 6.0, *, validate: bool = True):
     """Top-k assignment of one image on TOOD's metric, static (``k``) or dynamic (``k_choices``).
 
     scores: (N, C) probabilities; pred_boxes: (N, 4); points: (N, 2); gt_boxes: (M, 4);
-    gt_labels: (M,). Give exactly one of ``k`` and ``k_choices``. Returns ``(assigned (N,),
-    alignment (N,), k_used (M,))``.
+    gt_labels: (M,), validated as in every assigner (:func:`kit.det.validation.check_gt_boxes`);
+    scores must be probabilities. Give exactly one of ``k`` and ``k_choices``. Returns
+    ``(assigned (N,), alignment (N,), k_used (M,))``.
     """
     if (k is None) == (k_choices is None):
         raise ValueError("give exactly one of k (static top-k) and k_choices (dynamic k)")
@@ -72,10 +74,9 @@ def hps_assign(scores: torch.Tensor, pred_boxes: torch.Tensor, points: torch.Ten
     if pred_boxes.shape != (n, 4) or points.shape != (n, 2):
         raise ValueError(f"need pred_boxes (N, 4) and points (N, 2) for N={n}, got "
                          f"{tuple(pred_boxes.shape)} and {tuple(points.shape)}")
-    if gt_boxes.dim() != 2 or gt_boxes.shape[-1] != 4 or gt_labels.shape != gt_boxes.shape[:1]:
-        raise ValueError(f"need gt_boxes (M, 4) and gt_labels (M,), got {tuple(gt_boxes.shape)} and {tuple(gt_labels.shape)}")
-    if gt_labels.numel() and (gt_labels.min() < 0 or gt_labels.max() >= num_classes):
-        raise ValueError(f"gt_labels must lie in [0, {num_classes}), got {gt_labels.tolist()}")
+    if validate:
+        check_gt_boxes(gt_boxes, gt_labels, num_classes, like=pred_boxes)
+        check_probs(scores, "scores")  # logits would rank the wrong priors
     m = gt_boxes.shape[0]
     ious = box_iou(pred_boxes.detach().float(), gt_boxes.float())  # (N, M)
     metric = alignment_metric(scores.detach().float()[:, gt_labels], ious, alpha, beta)  # (N, M)
@@ -94,9 +95,11 @@ def hps_targets(out, gt_boxes: list, gt_labels: list, k: int | None = None,
     """:func:`hps_assign` for a batch (a :class:`kit.det.detector.DenseOutput`).
 
     Returns assigned (B, N), alignment (B, N) and the ``k`` used per object (list of (M_i,)).
-    Wrap it to pass it as ``targets_fn`` to :func:`kit.det.tood.tood_loss`.
+    Wrap it to pass it as ``targets_fn`` to :func:`kit.det.atss.atss_loss`.
     """
+    check_gt(gt_boxes, gt_labels, out.cls_probs.shape[0], out.cls_probs.shape[-1], like=out.boxes)
+    check_probs(out.cls_probs, "out.cls_probs")  # once for the batch, not per image
     results = [hps_assign(out.cls_probs[b], out.boxes[b], out.priors.points, gt_boxes[b], gt_labels[b],
-                          k, k_choices, iou_floor, alpha, beta) for b in range(len(gt_boxes))]
+                          k, k_choices, iou_floor, alpha, beta, validate=False) for b in range(len(gt_boxes))]
     return (torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results]),
             [r[2] for r in results])

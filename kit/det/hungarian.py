@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
+from kit.det.validation import check_gt
+
 __all__ = ["SET_WEIGHTS", "classification_cost", "match_cost", "hungarian_match", "set_loss",
            "targets_from_pixels"]
 
@@ -40,12 +42,19 @@ _MODES = tuple(SET_WEIGHTS)
 def targets_from_pixels(boxes: list, labels: list, image_size: int) -> list[dict]:
     """Per-image xyxy pixel boxes [(M_i, 4)] and labels [(M_i,)] -> DETR targets.
 
-    Each target is ``{"labels": (M,), "boxes": (M, 4) normalised (cx, cy, w, h)}``.
+    Each target is ``{"labels": (M,), "boxes": (M, 4) normalised (cx, cy, w, h)}``. The pixel
+    boxes are validated first (:func:`kit.det.validation.check_gt`: finite, x2 >= x1, y2 >= y1).
     """
     if len(boxes) != len(labels):
         raise ValueError(f"{len(boxes)} box lists but {len(labels)} label lists")
-    return [{"labels": l.long(), "boxes": box_convert(b.float() / image_size, "xyxy", "cxcywh")}
-            for b, l in zip(boxes, labels)]
+    if image_size <= 0:
+        raise ValueError(f"image_size must be > 0 pixels, got {image_size}")
+    if not all(isinstance(b, torch.Tensor) for b in boxes):
+        raise TypeError("boxes must be a list of (M_i, 4) tensors, one per image")
+    pixels = [b.float() for b in boxes]  # a conversion: any real dtype of pixels is fine here
+    check_gt(pixels, labels, len(boxes))
+    return [{"labels": l.long(), "boxes": box_convert(b / image_size, "xyxy", "cxcywh")}
+            for b, l in zip(pixels, labels)]
 
 
 def _check_mode(mode: str) -> None:
@@ -91,10 +100,32 @@ def _check_outputs(logits, boxes, targets, num_classes, mode) -> None:
         labels, tboxes = t["labels"], t["boxes"]
         if tboxes.shape != (len(labels), 4):
             raise ValueError(f"target {i}: boxes {tuple(tboxes.shape)} do not match labels {tuple(labels.shape)}")
+        if tboxes.dtype != torch.float32:
+            raise TypeError(f"target {i}: boxes have dtype {tboxes.dtype}; expected torch.float32, the dtype the "
+                            "set loss computes in (targets_from_pixels makes them)")
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError(f"target {i}: labels must be an integer tensor of class indices, got {labels.dtype}")
         if len(labels) > logits.shape[1]:
             raise ValueError(f"target {i} has {len(labels)} objects but there are only {logits.shape[1]} queries")
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"target {i}: labels must lie in [0, {num_classes}), got {labels.tolist()}")
+    _check_target_boxes(targets)
+
+
+def _check_target_boxes(targets: list[dict]) -> None:
+    """Target boxes are finite normalised (cx, cy, w, h) with w, h >= 0; one reduction for the batch."""
+    if not targets:
+        return
+    all_boxes = torch.cat([t["boxes"] for t in targets])  # (sum M, 4)
+    good = torch.isfinite(all_boxes).all(dim=1) & (all_boxes[:, 2:] >= 0).all(dim=1)
+    if bool(good.all()):
+        return
+    for i, t in enumerate(targets):  # error path: name the image and the first bad box
+        bad = ~(torch.isfinite(t["boxes"]).all(dim=1) & (t["boxes"][:, 2:] >= 0).all(dim=1))
+        if bad.any():
+            raise ValueError(f"target {i} has {int(bad.sum())} boxes that are not finite or have w < 0 or h < 0 "
+                             f"(first: {t['boxes'][bad][0].tolist()}); boxes must be normalised (cx, cy, w, h) "
+                             "with w, h >= 0 (targets_from_pixels converts xyxy pixels)")
 
 
 @torch.no_grad()
@@ -103,8 +134,18 @@ def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dic
     """One-to-one assignment per image: [(query indices (M,), object indices (M,))].
 
     logits (B, Q, K[+1]), boxes (B, Q, 4) normalised (cx, cy, w, h); targets from
-    :func:`targets_from_pixels`. Every object gets exactly one query.
+    :func:`targets_from_pixels`, validated as in :func:`set_loss`. Every object gets exactly
+    one query.
     """
+    _check_mode(mode)
+    num_classes = logits.shape[-1] - 1 if mode == "softmax" else logits.shape[-1]
+    _check_outputs(logits, boxes, targets, num_classes, mode)
+    return _match(logits, boxes, targets, mode, weights)
+
+
+@torch.no_grad()
+def _match(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict], mode: str, weights):
+    """:func:`hungarian_match` on outputs and targets the caller has validated already."""
     batch, queries = logits.shape[:2]
     sizes = [len(t["labels"]) for t in targets]
     # one cost matrix for all queries against all objects of the batch, moved to the CPU once
@@ -122,7 +163,7 @@ def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dic
 def _layer_loss(logits, boxes, targets, num_classes, mode, weights, eos_coef, num_boxes):
     """Weighted (class, L1, GIoU) losses of one decoder layer's predictions."""
     w_cls, w_l1, w_giou = weights
-    matches = hungarian_match(logits, boxes, targets, mode, weights)
+    matches = _match(logits, boxes, targets, mode, weights)
     device = logits.device
     batch_index = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(matches)]).to(device)
     query_index = torch.cat([q for q, _ in matches]).to(device)

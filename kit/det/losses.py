@@ -10,12 +10,16 @@
 
 All return per-element losses (no reduction); callers weight, sum and normalise. They run in
 float32 even under autocast (``binary_cross_entropy`` on probabilities is not autocast-safe).
+Inputs are checked: probabilities in [0, 1] (:func:`kit.det.validation.check_probs`), one
+label / quality / target row per prediction, GIoU targets finite with ``x2 >= x1``, ``y2 >= y1``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from kit.det.validation import check_gt_boxes, check_probs
 
 __all__ = ["sigmoid_focal_loss", "focal_loss_prob", "quality_focal_loss_prob", "giou_loss", "one_hot"]
 
@@ -29,9 +33,14 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return target[:, :num_classes]
 
 
-def _check_probs(probs: torch.Tensor) -> None:
-    if probs.numel() and (probs.min() < 0 or probs.max() > 1):
-        raise ValueError("expected probabilities in [0, 1]; got values outside (logits passed by mistake?)")
+def _check_probs(probs: torch.Tensor, name: str = "probs") -> None:
+    check_probs(probs, name)
+
+
+def _check_rows(name: str, tensor: torch.Tensor, shape: tuple) -> None:
+    """One row per prediction: a mismatch would broadcast or index into a finite, wrong loss."""
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, one row per prediction, got {tuple(tensor.shape)}")
 
 
 @torch.autocast("cuda", enabled=False)
@@ -42,6 +51,7 @@ def focal_loss_prob(probs: torch.Tensor, targets: torch.Tensor, alpha: float = 0
     probs, targets: (N, C), targets one-hot (or soft) in [0, 1].
     """
     _check_probs(probs)
+    _check_rows("targets", targets, probs.shape)
     probs, targets = probs.float(), targets.float()
     p_t_complement = (targets - probs).abs()
     alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
@@ -58,7 +68,14 @@ def quality_focal_loss_prob(probs: torch.Tensor, labels: torch.Tensor, quality: 
     the other classes of positives are pushed to 0 with weight ``p^beta``; the labelled class
     of a positive is pulled to its quality with weight ``|quality - p|^beta``.
     """
+    if probs.dim() != 2:
+        raise ValueError(f"probs must be (N, C), got {tuple(probs.shape)}")
     _check_probs(probs)
+    _check_rows("labels", labels, probs.shape[:1])
+    _check_rows("quality", quality, probs.shape[:1])
+    if labels.numel() and (labels.min() < -1 or labels.max() >= probs.shape[1]):
+        raise ValueError(f"labels must lie in [-1, {probs.shape[1]}) (-1 = negative), "
+                         f"got min {int(labels.min())} max {int(labels.max())}")
     probs, quality = probs.float(), quality.float()
     loss = F.binary_cross_entropy(probs, torch.zeros_like(probs), reduction="none") * probs.pow(beta)
     positive = torch.nonzero(labels >= 0).flatten()
@@ -72,5 +89,31 @@ def quality_focal_loss_prob(probs: torch.Tensor, labels: torch.Tensor, quality: 
 
 @torch.autocast("cuda", enabled=False)
 def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
-    """1 - GIoU for matched box pairs (N, 4) xyxy -> (N,)."""
-    return generalized_box_iou_loss(pred_boxes.float(), target_boxes.float(), reduction="none")
+    """1 - GIoU for matched box pairs (N, 4) xyxy -> (N,), torchvision's definition.
+
+    Targets are ground truth: they must be finite with ``x2 >= x1`` and ``y2 >= y1``
+    (ValueError otherwise). Predictions are *not* refused when inverted, because training
+    produces such boxes legitimately: TOOD reads each side of its box at its own learned
+    offset (:func:`kit.det.tood.align_boxes`), so a resampled ``y1`` can pass ``y2`` (it
+    happens in P01's TOOD run). What torchvision's formula does with them:
+
+    * inverted on **one** axis, the box has a negative area ``w * h``, so the union is below
+      the target's area and the loss is >= 1, growing with the inversion: a fair penalty whose
+      gradient undoes the inversion. Kept as it is (P01's numbers depend on it).
+    * inverted on **both** axes, ``w * h`` is positive again: the box counts as a real box in
+      the union, and over its target it scores loss 0, a perfect score. Such a box is first
+      collapsed onto its centre (a degenerate box: loss >= 1, the gradient moves the centre).
+
+    Every other prediction passes through ``torch.where`` unchanged, so its loss and gradient
+    are bit-identical to the plain torchvision call.
+    """
+    _check_rows("target_boxes", target_boxes, pred_boxes.shape)
+    if pred_boxes.dim() != 2 or pred_boxes.shape[-1] != 4:
+        raise ValueError(f"pred_boxes must be (N, 4) xyxy, got {tuple(pred_boxes.shape)}")
+    check_gt_boxes(target_boxes, name="target_boxes")
+    pred, target = pred_boxes.float(), target_boxes.float()
+    low, high = pred[:, :2], pred[:, 2:]  # (N, 2) as (x, y)
+    keep = ~(high < low).all(dim=1, keepdim=True)  # (N, 1): False only when inverted on both axes
+    centre = (low + high) / 2
+    pred = torch.cat([torch.where(keep, low, centre), torch.where(keep, high, centre)], dim=1)
+    return generalized_box_iou_loss(pred, target, reduction="none")

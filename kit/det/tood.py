@@ -31,10 +31,12 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 from kit.det.assigners import task_aligned_assign
-from kit.det.atss import atss_targets, conv_gn_relu, prior_bias
+from kit.det.atss import _atss_assignment, conv_gn_relu, prior_bias
 from kit.det.boxes import centerness_target, distance2bbox, paired_iou
 from kit.det.detector import DenseOutput, Scale, gather_targets, pad_targets
 from kit.det.losses import focal_loss_prob, giou_loss, one_hot, quality_focal_loss_prob
+from kit.det.validation import check_gt, check_probs
+from kit.ops.deform_conv import check_finite_offsets
 
 
 class TaskDecomposition(nn.Module):
@@ -81,9 +83,13 @@ def align_boxes(boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
     boxes: (B, 4, H, W); offsets: (B, 8, H, W) as (dy, dx) per side. Bilinear, zero outside.
     A 1x1 deformable conv with unit weights and one group per channel is exactly this.
+    Non-finite offsets (a diverging run) raise FloatingPointError before the kernel is called:
+    torchvision's CPU kernel crashes the process on NaN offsets.
     """
-    if boxes.shape[1] != 4 or offsets.shape[1] != 8 or boxes.shape[-2:] != offsets.shape[-2:]:
+    if boxes.dim() != 4 or offsets.dim() != 4 or boxes.shape[1] != 4 or offsets.shape[1] != 8 \
+            or boxes.shape[0] != offsets.shape[0] or boxes.shape[-2:] != offsets.shape[-2:]:
         raise ValueError(f"need boxes (B, 4, H, W) and offsets (B, 8, H, W); got {tuple(boxes.shape)}, {tuple(offsets.shape)}")
+    check_finite_offsets(offsets, "TOOD's box offsets")
     weight = boxes.new_ones(4, 1, 1, 1)  # out 4 channels, 1 input channel per group -> groups = 4
     return deform_conv2d(boxes.contiguous(), offsets.to(boxes.dtype).contiguous(), weight)
 
@@ -95,6 +101,7 @@ class TOODHead(nn.Module):
                  stacked_convs: int = 3, num_levels: int = 3, align_cls: bool = True, align_box: bool = True):
         super().__init__()
         self.num_classes, self.stacked_convs = num_classes, stacked_convs
+        self.in_channels = in_channels  # DenseDetector checks it against its FPN channels
         self.align_cls, self.align_box = align_cls, align_box  # switches for ablations
         self.inter_convs = nn.ModuleList(conv_gn_relu(in_channels if i == 0 else feat_channels, feat_channels)
                                          for i in range(stacked_convs))
@@ -180,9 +187,19 @@ def normalized_alignment(assigned: torch.Tensor, alignment: torch.Tensor, ious: 
 
 def tal_targets(out: DenseOutput, gt_boxes: list, gt_labels: list, topk: int = 13,
                 alpha: float = 1.0, beta: float = 6.0):
-    """TAL for a batch: assigned (B, N), metric t (B, N), both from the detached predictions."""
+    """TAL for a batch: assigned (B, N), metric t (B, N), both from the detached predictions.
+
+    The ground truth is validated (:func:`kit.det.validation.check_gt`), one list per image.
+    """
+    check_gt(gt_boxes, gt_labels, out.cls_probs.shape[0], out.cls_probs.shape[-1], like=out.boxes)
+    return _tal_assignment(out, gt_boxes, gt_labels, topk, alpha, beta)
+
+
+def _tal_assignment(out: DenseOutput, gt_boxes: list, gt_labels: list, topk: int, alpha: float, beta: float):
+    """:func:`tal_targets` on ground truth the caller has validated already."""
+    check_probs(out.cls_probs, "out.cls_probs")  # once for the batch, not per image
     results = [task_aligned_assign(out.cls_probs[b].detach().float(), out.boxes[b].detach().float(),
-                                   out.priors.points, gt_boxes[b], gt_labels[b], topk, alpha, beta)
+                                   out.priors.points, gt_boxes[b], gt_labels[b], topk, alpha, beta, validate=False)
                for b in range(len(gt_boxes))]
     return torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])
 
@@ -190,12 +207,18 @@ def tal_targets(out: DenseOutput, gt_boxes: list, gt_labels: list, topk: int = 1
 def tood_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, warmup: bool, topk: int = 13,
               alpha: float = 1.0, beta: float = 6.0, anchor_scale: float = 4.0, atss_topk: int = 9,
               box_weight: float = 2.0) -> dict:
-    """TOOD's loss for a batch: the ATSS warm-up while ``warmup``, Task Alignment Learning after."""
+    """TOOD's loss for a batch: the ATSS warm-up while ``warmup``, Task Alignment Learning after.
+
+    gt_boxes / gt_labels: one (M_i, 4) / (M_i,) tensor per image, validated first
+    (:func:`kit.det.validation.check_gt`: finite xyxy boxes of ``out.boxes``' dtype, labels
+    in ``[0, C)``, as many lists as images).
+    """
+    check_gt(gt_boxes, gt_labels, out.cls_probs.shape[0], out.cls_probs.shape[-1], like=out.boxes)
     padded_boxes, padded_labels = pad_targets(gt_boxes, gt_labels)
     if warmup:
-        assigned = atss_targets(out, gt_boxes, gt_labels, anchor_scale, atss_topk)
+        assigned = _atss_assignment(out, gt_boxes, anchor_scale, atss_topk)
     else:
-        assigned, alignment = tal_targets(out, gt_boxes, gt_labels, topk, alpha, beta)
+        assigned, alignment = _tal_assignment(out, gt_boxes, gt_labels, topk, alpha, beta)
     matched_boxes, labels = gather_targets(assigned, padded_boxes, padded_labels)  # (B, N, 4), (B, N)
     batch, prior = torch.nonzero(labels >= 0, as_tuple=True)  # the P positives
     pred, target = out.boxes[batch, prior], matched_boxes[batch, prior]  # (P, 4)

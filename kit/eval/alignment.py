@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from kit.det.validation import check_shape
 from kit.det.boxes import box_iou, points_inside
 
 
@@ -30,8 +31,18 @@ def misalignment(scores: torch.Tensor, pred_boxes: torch.Tensor, points: torch.T
     if scores.shape[0] != pred_boxes.shape[0] or points.shape[0] != scores.shape[0]:
         raise ValueError(f"scores {tuple(scores.shape)}, pred_boxes {tuple(pred_boxes.shape)} and "
                          f"points {tuple(points.shape)} must describe the same priors")
-    if gt_boxes.shape[0] != gt_labels.shape[0]:
-        raise ValueError("gt_boxes and gt_labels must have the same length")
+    check_shape("scores", scores, (None, None))
+    check_shape("pred_boxes", pred_boxes, (None, 4))
+    check_shape("points", points, (None, 2))
+    check_shape("gt_boxes", gt_boxes, (None, 4))
+    check_shape("gt_labels", gt_labels, (gt_boxes.shape[0],))
+    num_classes = scores.shape[1]
+    if gt_labels.numel() and (gt_labels.min() < 0 or gt_labels.max() >= num_classes):  # -1 would index the last class
+        raise ValueError(f"gt_labels must be class ids in [0, {num_classes}) (no -1 padding), got labels in "
+                         f"[{int(gt_labels.min())}, {int(gt_labels.max())}]")
+    for name, tensor in (("scores", scores), ("pred_boxes", pred_boxes)):
+        if not torch.isfinite(tensor).all():  # argmax would pick a NaN as the best
+            raise ValueError(f"{name} has {int((~torch.isfinite(tensor)).sum())} non-finite values; need finite ones")
     inside = points_inside(points, gt_boxes)  # (N, M)
     has_prior = inside.any(0)
     ious = box_iou(pred_boxes.float(), gt_boxes.float()).masked_fill(~inside, -1.0)  # (N, M)

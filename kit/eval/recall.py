@@ -11,6 +11,20 @@ from __future__ import annotations
 import torch
 from torchvision.ops import box_iou
 
+from kit.eval.coco import check_image_detections
+
+
+def _check_image(index: int, det: dict, boxes: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+    """Image ``index``: finite detections with one score and label per box; ground truth with
+    one label per box, labels in [0, num_classes) (others would drop out of the counts)."""
+    check_image_detections(det, f"detections[{index}]", list(range(num_classes)))
+    if boxes.dim() != 2 or boxes.shape[1] != 4 or tuple(labels.shape) != (len(boxes),):
+        raise ValueError(f"gt_boxes[{index}] {tuple(boxes.shape)} and gt_labels[{index}] {tuple(labels.shape)} "
+                         f"must be (M, 4) and (M,)")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"gt_labels[{index}] has labels in [{int(labels.min())}, {int(labels.max())}]; "
+                         f"allowed: [0, {num_classes})")
+
 
 def recall_by_class(detections: list[dict], gt_boxes: list, gt_labels: list, num_classes: int,
                     score_thr: float = 0.3, iou_thr: float = 0.5) -> torch.Tensor:
@@ -24,9 +38,12 @@ def recall_by_class(detections: list[dict], gt_boxes: list, gt_labels: list, num
                          f"and {len(gt_labels)} label tensors")
     if not 0 <= score_thr <= 1 or not 0 < iou_thr <= 1:
         raise ValueError(f"need score_thr in [0, 1] and iou_thr in (0, 1], got {score_thr}, {iou_thr}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     found = torch.zeros(num_classes)
     total = torch.zeros(num_classes)
-    for det, boxes, labels in zip(detections, gt_boxes, gt_labels):
+    for index, (det, boxes, labels) in enumerate(zip(detections, gt_boxes, gt_labels)):
+        _check_image(index, det, boxes, labels, num_classes)
         labels = labels.cpu()
         total += torch.bincount(labels, minlength=num_classes)[:num_classes].float()
         keep = det["scores"].cpu() >= score_thr

@@ -26,6 +26,11 @@ def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes:
     """(C, C) counts, rows = target class, columns = predicted class."""
     if predicted.shape != target.shape:
         raise ValueError(f"predicted {tuple(predicted.shape)} and target {tuple(target.shape)} must match")
+    for name, tensor in (("predicted", predicted), ("target", target)):
+        if tensor.is_floating_point() or tensor.is_complex():  # .long() would truncate (and NaN -> garbage)
+            raise TypeError(f"{name} must hold integer class ids (e.g. logits.argmax(1)), got {tensor.dtype}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if target.numel() and (target.min() < 0 or target.max() >= num_classes or predicted.min() < 0
                            or predicted.max() >= num_classes):
         raise ValueError(f"class ids must lie in [0, {num_classes})")
@@ -35,6 +40,10 @@ def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes:
 
 def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
     """(C,) IoU per class; NaN for a class absent from both prediction and target."""
+    if confusion.dim() != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be a square (C, C) matrix of counts, got {tuple(confusion.shape)}")
+    if confusion.numel() and not (confusion >= 0).all():  # also catches NaN
+        raise ValueError("confusion must hold counts >= 0 (see confusion_matrix); got negative or NaN entries")
     confusion = confusion.double()
     true_positive = confusion.diag()
     union = confusion.sum(0) + confusion.sum(1) - true_positive

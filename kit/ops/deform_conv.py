@@ -41,7 +41,8 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
 __all__ = ["bilinear_sample", "sampling_positions", "deformable_columns", "deform_conv2d",
-           "deform_conv2d_reference", "check_deform_inputs", "DeformConv2d", "MASK_ACTIVATIONS"]
+           "deform_conv2d_reference", "check_deform_inputs", "check_finite_offsets", "DeformConv2d",
+           "MASK_ACTIVATIONS"]
 
 MASK_ACTIVATIONS = ("sigmoid", "2sigmoid")
 
@@ -165,6 +166,20 @@ def check_deform_inputs(input, offset, weight, bias=None, stride=1, padding=0, d
                 stride=stride, padding=padding, dilation=dilation)
 
 
+def check_finite_offsets(offset: torch.Tensor, name: str = "offset") -> None:
+    """Raise FloatingPointError when ``offset`` holds NaN or inf; one reduction.
+
+    torchvision's CPU ``deform_conv2d`` kernel segfaults on NaN offsets, which kills a Jupyter
+    kernel instead of stopping a diverging run with an error. Every deformable path of the kit
+    calls this before its kernel, and raises what ``kit.train`` raises for a non-finite loss.
+    """
+    if not bool(torch.isfinite(offset).all()):
+        count = int((~torch.isfinite(offset)).sum())
+        raise FloatingPointError(f"{name} has {count} non-finite values (NaN or inf) of {offset.numel()}; "
+                                 "offsets must be finite: the run has diverged (too high a learning rate, or a "
+                                 "NaN weight in the offset branch)")
+
+
 def deform_conv2d_reference(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
     """Deformable convolution in plain PyTorch: deformable im2col, then a grouped matrix product.
 
@@ -192,9 +207,11 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     backend: ``"torchvision"`` (its C++/CUDA kernel), ``"torch"`` (:func:`deform_conv2d_reference`)
     or ``"auto"``: torchvision on CUDA, the plain-PyTorch form on the CPU, where it is several
     times faster than torchvision's CPU kernel for the small maps used here (see the bench).
+    Non-finite offsets raise FloatingPointError first (:func:`check_finite_offsets`).
     """
     if backend not in ("auto", "torchvision", "torch"):
         raise ValueError(f"backend must be 'auto', 'torchvision' or 'torch', got {backend!r}")
+    check_finite_offsets(offset)
     if backend == "torch" or (backend == "auto" and input.device.type == "cpu"):
         return deform_conv2d_reference(input, offset, weight, bias, stride, padding, dilation, mask)
     check_deform_inputs(input, offset, weight, bias, stride, padding, dilation, mask)

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from kit.ops.deform_conv import bilinear_sample, deformable_columns
+from kit.ops.deform_conv import bilinear_sample, check_finite_offsets, deformable_columns
 
 __all__ = ["scope_coordinates", "sample_kernels", "deformable_kernel_conv2d", "DeformableKernel2d", "DK_MODES"]
 
@@ -100,7 +100,7 @@ def deformable_kernel_conv2d(input: torch.Tensor, kernel_offset: torch.Tensor, s
 
     input (B, C, H, W); kernel_offset (B, G*K*K*2, Ho, Wo); scope_weight (C, 1, S, S) with
     ``S >= K``; image_offset (B, 2*K*K, Ho, Wo) or None (one offset group, the official layout);
-    bias (C,) or None. Returns (B, C, Ho, Wo).
+    bias (C,) or None. Returns (B, C, Ho, Wo). Non-finite offsets raise FloatingPointError.
     """
     kh, kw = _pair(kernel_size)
     b, c, h, w = input.shape
@@ -118,6 +118,9 @@ def deformable_kernel_conv2d(input: torch.Tensor, kernel_offset: torch.Tensor, s
     if image_offset is not None and tuple(image_offset.shape) != (b, 2 * kh * kw, ho, wo):
         raise ValueError(f"image_offset must be (B={b}, {2 * kh * kw}, {ho}, {wo}) (one offset group); "
                          f"got {tuple(image_offset.shape)}")
+    check_finite_offsets(kernel_offset, "kernel_offset")
+    if image_offset is not None:
+        check_finite_offsets(image_offset, "image_offset")
     if image_offset is None:
         columns = F.unfold(input, (kh, kw), dl, pd, st)  # (B, C*K*K, Ho*Wo): the rigid taps
     else:
@@ -184,6 +187,7 @@ class DeformableKernel2d(nn.Module):
             return scope_coordinates(self.kernel_offset_conv(x), self.kernel_size, self.scope_size)
         pooled = x.mean(dim=(2, 3))  # (B, C)
         offset = self.kernel_offset_fc(pooled)[:, :, None, None]  # (B, K*K*2, 1, 1)
+        check_finite_offsets(offset, "kernel offsets")  # clamping below would hide a NaN
         coordinates = scope_coordinates(offset, self.kernel_size, self.scope_size)
         high = coordinates.new_tensor([self.scope_size[0] - 1, self.scope_size[1] - 1]).view(1, 1, 1, 2, 1, 1)
         return torch.minimum(coordinates.clamp(min=0), high)  # official global DK clamps to the scope

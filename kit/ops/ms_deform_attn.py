@@ -178,9 +178,11 @@ class MSDeformAttn(nn.Module):
             raise ValueError(f"this module attends over {self.n_levels} levels, got spatial_shapes for {len(shapes)}")
         if channels != self.d_model or value_input.shape[-1] != self.d_model:
             raise ValueError(f"query and value_input need {self.d_model} channels, got {channels} and {value_input.shape[-1]}")
-        if reference_points.shape[:3] != (n, queries, self.n_levels) or reference_points.shape[-1] not in (2, 4):
+        if reference_points.dim() != 4 or reference_points.shape[:3] != (n, queries, self.n_levels) \
+                or reference_points.shape[-1] not in (2, 4):
             raise ValueError(f"reference_points must be (N, Lq, L, 2 or 4) = ({n}, {queries}, {self.n_levels}, 2|4), "
-                             f"got {tuple(reference_points.shape)}")
+                             f"one point (x, y) or box (cx, cy, w, h) per level, got {tuple(reference_points.shape)} "
+                             "(repeat one point per level with points[:, :, None].expand(-1, -1, L, -1))")
         heads, levels, points = self.n_heads, self.n_levels, self.n_points
 
         value = self.value_proj(value_input)  # (N, S, C)
