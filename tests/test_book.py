@@ -115,3 +115,18 @@ def test_book_loads_nothing_from_a_cdn():
     assert config["nb_ipywidgets_js"] == {} and all("://" not in js for js in config["html_js_files"])
     makefile = (ROOT / "Makefile").read_text()
     assert "book/_vendor/mathjax/tex-mml-chtml.js" in makefile and "book/_static/widgets/embed-amd.js" in makefile
+
+
+def test_the_book_drops_sphinx_thebes_cdn_script():
+    """Jupyter Book always loads sphinx_thebe; kit.book.offline removes its CDN declaration."""
+    from kit.book.offline import _is_thebe
+
+    class Script:
+        def __init__(self, filename, **attributes):
+            self.filename, self.attributes = filename, attributes
+
+    inline = Script(None, body='const THEBE_JS_URL = "https://unpkg.com/thebe@0.8.2/lib/index.js"')
+    assert _is_thebe(inline) and _is_thebe(Script("sphinx-thebe.js"))
+    assert not _is_thebe(Script("widgets/embed-amd.js")) and not _is_thebe(Script(None, body="var x = 1"))
+    config = (paths.root() / "book" / "_config.yml").read_text()
+    assert "kit.book.offline" in config
