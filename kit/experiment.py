@@ -330,6 +330,88 @@ def run_grid(arms: Sequence[str], seeds: Sequence[int], run: Callable[[str, int]
     return Grid(arms, seeds, pd.DataFrame(rows), extras)
 
 
-def declared(claims: Sequence[Claim]) -> pd.DataFrame:
-    """The declared claims as a table, for the page to show before the experiment runs."""
-    return pd.DataFrame([asdict(c) for c in claims]).set_index("name")
+def declared(claims: Sequence[Claim], checks: Mapping[str, tuple[str, float]] | None = None) -> pd.DataFrame:
+    """The declared claims as a table, for the page to show before the experiment runs.
+
+    checks: claim name -> (what the engagement check measures, its threshold), shown beside the claim.
+    """
+    table = pd.DataFrame([asdict(c) for c in claims]).set_index("name")
+    if checks:
+        unknown = sorted(set(checks) - set(table.index))
+        if unknown:
+            raise ValueError(f"engagement checks for undeclared claims {unknown}; claims are {list(table.index)}")
+        table["mechanism check"] = [f"{checks[n][0]} >= {checks[n][1]:g}" if n in checks else "—" for n in table.index]
+    return table
+
+
+def verdict_table(comparisons: Sequence[Mapping], scale: float = 1.0, digits: int = 1, unit: str = "") -> pd.DataFrame:
+    """The comparisons as the page shows them: difference [95 % interval], margin, check, verdict."""
+    rows = []
+    for c in comparisons:
+        engaged = c.get("engaged")
+        check = "—" if engaged is None else (f"{engaged['value']:.3g} vs >= {engaged['threshold']:.3g} "
+                                             f"({'passed' if engaged['passed'] else 'FAILED'})")
+        rows.append({"claim": c["claim"], "method − baseline (paper's side +)": difference_text(c, scale, digits, unit),
+                     "margin": f"±{c['margin'] * scale:.{digits}f}{unit}", "seeds": c["n_seeds"],
+                     "mechanism check": check, "verdict": c["verdict"]})
+    return pd.DataFrame(rows).set_index("claim")
+
+
+def aa_noise(values: Mapping[int, float]) -> float:
+    """The noise of a difference between two runs of the *same* arm (an A/A comparison).
+
+    ``values``: one arm's metric per seed. Two independent runs differ by ``sqrt(2) * sd`` on
+    average (root mean square); a margin below that cannot be told from seed noise.
+    """
+    numbers = [float(v) for v in values.values()]
+    if len(numbers) < 2:
+        raise ValueError(f"the A/A noise needs at least 2 seeds, got {len(numbers)}")
+    mean = sum(numbers) / len(numbers)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in numbers) / (len(numbers) - 1))
+    return math.sqrt(2.0) * sd
+
+
+# ----------------------------------------------------------------------------- evaluation during training
+
+def evaluation_steps(iterations: int, points: int = 4) -> list[int]:
+    """``points`` evenly spaced steps ending at the last one, e.g. (800, 4) -> [199, 399, 599, 799]."""
+    if iterations < 1 or points < 1:
+        raise ValueError(f"iterations and points must be >= 1, got {iterations}, {points}")
+    points = min(points, iterations)
+    return sorted({round(iterations * (i + 1) / points) - 1 for i in range(points)})
+
+
+def evaluate_at(model, steps: Iterable[int], evaluate: Callable[[object], Mapping[str, float]],
+                prefix: str = "eval/") -> Callable[[int, dict], None]:
+    """An ``on_step`` for :func:`kit.train.train` that evaluates the model at the given steps.
+
+    The numbers go into that step's history row (as ``prefix + name``), so they are saved in the
+    checkpoint with the rest of the history and come back when a finished run is resumed.
+    ``evaluate(model)`` runs in eval mode without gradients; training mode is restored after.
+    """
+    import torch
+
+    wanted = set(int(s) for s in steps)
+
+    def on_step(step: int, row: dict) -> None:
+        if step not in wanted:
+            return
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                numbers = dict(evaluate(model))
+        finally:
+            model.train(was_training)
+        for name, value in numbers.items():
+            row[prefix + name] = float(value)
+
+    return on_step
+
+
+def curve_of(history: pd.DataFrame, column: str) -> pd.Series:
+    """The evaluated points of one history column (step -> value), NaN rows dropped."""
+    if column not in history:
+        raise KeyError(f"the history has no column {column!r}; it has {list(history.columns)}")
+    rows = history[["step", column]].dropna()
+    return pd.Series(rows[column].to_numpy(), index=rows["step"].to_numpy() + 1, name=column)

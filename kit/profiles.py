@@ -6,8 +6,8 @@
 profile    who runs it                 budget per notebook
 =========  ==========================  =====================================
 ``smoke``  CI under nbval, 2-core CPU  <= 30 s; every cell runs, no claims
-``cpu``    a laptop, ``make book``     <= 3 min on 2 cores, 1-2 seeds
-``gpu``    ``make study`` on one GPU   <= 5 min on one H100, >= 3 seeds
+``cpu``    a laptop, ``make book``     <= 5 min on 2 cores, >= 3 seeds
+``gpu``    ``make study`` on one GPU   <= 5 min on one H100, >= 5 seeds
 =========  ==========================  =====================================
 
 ``auto`` (the default) resolves to ``gpu`` when CUDA is available and ``cpu`` otherwise.

@@ -154,7 +154,8 @@ def record(paper: str, profile: str, device, seeds: list[int], metrics: dict, cl
     accuracy; the scoreboard prints it in %). verdict: one of :data:`VERDICTS`. seeds must be
     distinct ints; values, ``paper_numbers`` and ``wall_seconds`` finite (the file is standard
     JSON: no NaN or Infinity). comparisons: one :func:`kit.experiment.compare` result per declared
-    claim; when given, the verdict must follow from them by the kit's rule (:func:`check_comparisons`).
+    claim, required for every verdict but ``no claim tested``; the verdict must follow from them by
+    the kit's rule (:func:`check_comparisons`).
     """
     if not _PAPER_ID.match(paper):
         raise ValueError(f"paper must look like 'P01', got {paper!r}")
@@ -174,6 +175,9 @@ def record(paper: str, profile: str, device, seeds: list[int], metrics: dict, cl
         if any(not 0.0 <= v <= 1.0 for v in values):
             raise ValueError(f"{method}/{headline}: the headline metric must be a fraction in [0, 1] "
                              f"(the scoreboard shows it in %), got {values}; divide percentages by 100")
+    if comparisons is None and verdict != "no claim tested":
+        raise ValueError(f"verdict {verdict!r} needs its comparisons: one kit.experiment.compare result per "
+                         "declared claim (only 'no claim tested' goes without)")
     if comparisons is not None:
         check_comparisons(comparisons, verdict, list(seeds), {m: {k: v["values"] for k, v in by.items()}
                                                                for m, by in summary.items()})

@@ -113,4 +113,4 @@ def test_the_scoreboard_escapes_bars_and_line_breaks(tmp_path):
     assert r"TOOD \| ATSS:<br>TOOD wins" in row and r"AP \| APs: 42.4 \| 25.0<br>(R-50)" in row
     assert r"TOOD\|T-Head: 30.0 AP" in row
     unescaped = row.replace("\\|", "")
-    assert unescaped.count("|") == 6  # five cells: the table's own bars only
+    assert unescaped.count("|") == 7  # six cells: the table's own bars only

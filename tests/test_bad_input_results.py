@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from kit import results
+from kit import experiment, results
 
 GOOD = dict(paper="P01", profile="cpu", device="cpu", seeds=[0, 1],
             metrics={"ATSS": {"AP": [0.2, 0.3]}, "TOOD": {"AP": [0.25, 0.35]}}, claim="TOOD beats ATSS",
-            paper_numbers={"TOOD (R-50 1x)": "42.4 AP"}, verdict="reproduced", headline="AP", wall_seconds=12.3)
+            paper_numbers={"TOOD (R-50 1x)": "42.4 AP"}, verdict="reproduced", headline="AP", wall_seconds=12.3,
+            comparisons=[experiment.compare(experiment.Claim("TOOD beats ATSS", "ATSS", "TOOD", "AP"),
+                                            {0: 0.2, 1: 0.3}, {0: 0.25, 1: 0.35})])
 
 
 def record_with(**changes):
@@ -51,6 +53,10 @@ BAD = [
     ("paper-number-nan", record_with(paper_numbers={"AP": math.nan}), ValueError, r"paper_numbers\['AP'\] is nan"),
     ("paper-number-nested-nan", record_with(paper_numbers={"AP": {"R-50": math.nan}}), ValueError,
      r"P01: the record holds a non-finite number"),
+    ("verdict-without-comparisons", record_with(comparisons=None), ValueError,
+     r"verdict 'reproduced' needs its comparisons"),
+    ("verdict-not-from-comparisons", record_with(verdict="inconclusive"), ValueError,
+     r"verdict 'inconclusive' does not follow from the comparisons"),
     ("load-all-not-json", bad_file("{\"paper\": "), ValueError, r"results file .*P02\.json is not a valid record"),
     ("load-all-nan-constant", bad_file(json.dumps({**GOOD, "wall_seconds": math.nan})), ValueError,
      r"P02\.json is not a valid record: non-standard JSON constant NaN"),
@@ -74,7 +80,8 @@ def test_bad_input_is_refused(case, call, error, phrase, tmp_path):
 def test_what_the_notebooks_pass_is_recorded_as_standard_json(tmp_path):
     metrics = {"A": {"AP": [np.float64(0.25), np.float32(0.5)], "loss": [torch.tensor(1.5), 2]},
                "B": {"AP": (0.1, 0.2)}}
-    path = results.record(**{**GOOD, "metrics": metrics, "paper_numbers": {"AP": 42.4, "note": "text"}},
+    path = results.record(**{**GOOD, "metrics": metrics, "paper_numbers": {"AP": 42.4, "note": "text"},
+                             "verdict": "no claim tested", "comparisons": None},
                           notes="x | y\nz", folder=tmp_path / "cpu")
     entry = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} written"))
     assert entry["metrics"]["A"]["loss"]["values"] == [1.5, 2.0]
@@ -83,5 +90,6 @@ def test_what_the_notebooks_pass_is_recorded_as_standard_json(tmp_path):
 
 
 def test_one_seed_bare_value(tmp_path):
-    path = results.record(**{**GOOD, "seeds": [3], "metrics": {"A": {"AP": 0.4}}}, folder=tmp_path)
+    path = results.record(**{**GOOD, "seeds": [3], "metrics": {"A": {"AP": 0.4}}, "verdict": "no claim tested",
+                             "comparisons": None}, folder=tmp_path)
     assert json.loads(path.read_text())["metrics"]["A"]["AP"] == {"values": [0.4], "mean": 0.4, "std": 0.0}

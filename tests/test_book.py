@@ -57,7 +57,10 @@ def test_pages_build_chapters_toc_banner_and_scoreboard(tmp_path):
     (root / "results" / "cpu" / "P01.json").write_text(json.dumps({
         "paper": "P01", "profile": "cpu", "device": "CPU", "seeds": [0], "claim": "TOOD beats ATSS",
         "paper_numbers": {"AP": "42.4"}, "metrics": {"TOOD": {"AP": {"values": [0.3], "mean": 0.3, "std": 0.0}}},
-        "headline": "AP", "verdict": "inconclusive", "wall_seconds": 100}))
+        "headline": "AP", "verdict": "inconclusive", "wall_seconds": 100,
+        "comparisons": [{"claim": "TOOD beats ATSS", "baseline": "ATSS", "method": "TOOD", "metric": "AP",
+                         "direction": "higher", "margin": 0.01, "n_seeds": 3, "difference_mean": 0.004,
+                         "interval_95": [-0.012, 0.02], "engaged": None, "verdict": "inconclusive"}]}))
     out = pages.build(root)
     chapter = (out / "chapters" / "dense-detection.md").read_text()
     assert "open the notebook" in chapter and "*not yet written*" in chapter
@@ -68,6 +71,7 @@ def test_pages_build_chapters_toc_banner_and_scoreboard(tmp_path):
     assert "Executed at the **cpu** profile" in shown["cells"][1]["source"]
     board = (out / "scoreboard.md").read_text()
     assert "TOOD beats ATSS" in board and "30.0 AP" in board and "(up to date)" in board
+    assert "TOOD vs ATSS, AP: +0.4 [-1.2, +2.0] (n=3) → inconclusive" in board
     (root / "kit" / "det" / "thing.py").write_text("X = 3\n")
     out = pages.build(root)
     assert "(stale)" in (out / "scoreboard.md").read_text()

@@ -178,3 +178,69 @@ def test_record_keeps_comparisons_and_the_machine(tmp_path):
 def test_record_refuses_a_verdict_the_rule_does_not_give(tmp_path, edit, verdict, phrase):
     with pytest.raises(ValueError, match=phrase):
         _record(tmp_path, [edit(_comparison())], verdict)
+
+
+# ----------------------------------------------------------------------------- evaluation during training
+
+def test_evaluation_steps_are_even_and_end_at_the_last_step():
+    assert ex.evaluation_steps(800, 4) == [199, 399, 599, 799]
+    assert ex.evaluation_steps(3, 4) == [0, 1, 2]  # never more points than steps
+    assert ex.evaluation_steps(1, 1) == [0]
+    with pytest.raises(ValueError, match=">= 1"):
+        ex.evaluation_steps(0, 4)
+
+
+def test_evaluate_at_writes_into_the_history_and_survives_a_resume(tmp_path):
+    import torch
+
+    from kit.train import train
+
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    seen_modes = []
+
+    def evaluate(model):
+        seen_modes.append(model.training)
+        return {"mse": torch.nn.functional.mse_loss(model(x), y)}
+
+    def fit(model, stop_after=None, iterations=8):
+        evaluate_now = ex.evaluate_at(model, ex.evaluation_steps(iterations, 2), evaluate)
+
+        def on_step(step, row):
+            evaluate_now(step, row)
+            if step == stop_after:
+                raise KeyboardInterrupt  # a Stop at a step boundary: the checkpoint keeps the history
+
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return train(model, lambda step: None, lambda m, b, s: {"loss": torch.nn.functional.mse_loss(m(x), y)},
+                     iterations, opt, checkpoint=tmp_path / "run.pt", progress=False, on_step=on_step)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Dropout(0.5))
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, stop_after=5)  # evaluated at step 3, stopped after step 5
+    assert seen_modes == [False] and model.training  # evaluated in eval mode, training mode restored
+    history = fit(model)  # resumes at step 6: step 3's point comes back from the checkpoint
+    assert seen_modes == [False, False]
+    curve = ex.curve_of(history, "eval/mse")
+    assert list(curve.index) == [4, 8] and curve.notna().all()
+    with pytest.raises(KeyError, match="no column"):
+        ex.curve_of(history, "eval/AP")
+
+
+def test_aa_noise_is_root_two_times_the_spread():
+    assert ex.aa_noise({0: 1.0, 1: 3.0}) == pytest.approx(2.0)  # sd = sqrt(2)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        ex.aa_noise({0: 1.0})
+
+
+def test_declared_and_verdict_tables():
+    claim = ex.Claim("B beats A", "A", "B", "AP", margin=0.01)
+    table = ex.declared([claim], checks={"B beats A": ("spread of the weights", 0.05)})
+    assert table.loc["B beats A", "mechanism check"] == "spread of the weights >= 0.05"
+    with pytest.raises(ValueError, match="undeclared"):
+        ex.declared([claim], checks={"other": ("x", 1.0)})
+    engaged = ex.EngagementCheck("spread", 0.01, 0.05)
+    shown = ex.verdict_table([_comparison(), ex.compare(claim, {0: 0.3, 1: 0.3}, {0: 0.4, 1: 0.5}, engaged)],
+                             scale=100)
+    assert shown["verdict"].tolist() == ["reproduced", "not tested at this scale"]
+    assert "FAILED" in shown["mechanism check"].iloc[1] and shown["margin"].iloc[0] == "±1.0"

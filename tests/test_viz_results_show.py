@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kit import results, show
+from kit import experiment, results, show
 from kit.det.priors import point_priors
 from kit.viz import assign, boxes, curves, explorer, maps
 
@@ -69,15 +69,17 @@ def test_explorer_widgets_respect_defaults_and_ranges():
 
 
 def test_results_record(tmp_path):
+    claim = experiment.Claim("c", "ATSS", "TOOD", "AP")
+    comparison = experiment.compare(claim, {0: 0.2, 1: 0.3}, {0: 0.25, 1: 0.35})
     path = results.record("P01", "cpu", "cpu", [0, 1], {"ATSS": {"AP": [0.2, 0.3]}, "TOOD": {"AP": [0.25, 0.35]}},
                           claim="c", paper_numbers={"AP": "1"}, verdict="reproduced", headline="AP",
-                          wall_seconds=12.3, folder=tmp_path)
+                          wall_seconds=12.3, folder=tmp_path / "cpu", comparisons=[comparison])
     entry = json.loads(path.read_text())
     assert path.name == "P01.json" and entry["seeds"] == [0, 1]
     assert entry["metrics"]["TOOD"]["AP"]["mean"] == pytest.approx(0.3)
     assert entry["metrics"]["TOOD"]["AP"]["std"] == pytest.approx(0.0707, abs=1e-4)
     assert entry["versions"]["torch"] == torch.__version__ and entry["device"].startswith("CPU")
-    assert results.load_all(tmp_path.parent)[0]["paper"] == "P01"
+    assert results.load_all(tmp_path)[0]["paper"] == "P01"
     with pytest.raises(ValueError, match="verdict"):
         results.record("P01", "cpu", "cpu", [0], {"A": {"AP": [1]}}, "c", {}, "great", "AP", 1, folder=tmp_path)
     with pytest.raises(ValueError, match="seeds"):
@@ -98,3 +100,20 @@ def test_show_source():
     assert code.startswith("def forward(")  # dedented
     with pytest.raises(TypeError, match="cannot show"):
         show.source_text(3)
+
+
+def test_verdict_figures_draw_the_measured_values():
+    from kit.viz import verdict as viz_verdict
+
+    claim = experiment.Claim("B beats A", "A", "B", "AP", margin=0.01)
+    comparison = experiment.compare(claim, {0: 0.30, 1: 0.31, 2: 0.29}, {0: 0.34, 1: 0.36, 2: 0.33})
+    fig = viz_verdict.paired_seeds([comparison], scale=100)
+    lines = [line for line in fig.axes[0].lines if len(line.get_xdata()) == 2]
+    assert len(lines) == 3 and lines[0].get_ydata().tolist() == pytest.approx([30.0, 34.0])
+    plt.close(fig)
+    history = pd.DataFrame({"step": range(4), "loss": [1.0] * 4, "eval/AP": [None, 0.1, None, 0.3]})
+    fig = viz_verdict.over_training({"A": [history, history]}, "eval/AP", scale=100)
+    assert fig.axes[0].lines[0].get_ydata().tolist() == pytest.approx([10.0, 30.0])
+    plt.close(fig)
+    with pytest.raises(ValueError, match="at least one"):
+        viz_verdict.paired_seeds([])

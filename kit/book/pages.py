@@ -105,6 +105,21 @@ def _cell(text) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
+def _comparison_text(c: dict, headline: str) -> str:
+    """One comparison in a cell: "TOOD vs ATSS, AP: +0.4 [-1.2, +2.0] (n=3) → inconclusive".
+
+    The headline metric is a fraction and is shown in points (x100), as in the "ours" column.
+    """
+    scale = 100.0 if c["metric"] == headline else 1.0
+    mean = c["difference_mean"] * scale
+    interval = c.get("interval_95")
+    span = f" [{interval[0] * scale:+.1f}, {interval[1] * scale:+.1f}]" if interval else ""
+    check = c.get("engaged")
+    failed = f"; check failed: {check['value']:.3g} < {check['threshold']:.3g}" if check and not check["passed"] else ""
+    return _cell(f"{c['method']} vs {c['baseline']}, {c['metric']}: {mean:+.1f}{span} "
+                 f"(n={c['n_seeds']}{failed}) → {c['verdict']}")
+
+
 def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
     """One row per paper with results: the best profile's record (gpu, else cpu; never smoke)."""
     by_paper = {}
@@ -120,8 +135,13 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
              "the paper's numbers, our verdict, where it ran, and whether the executed page is still "
              "up to date with the code. Numbers from the cpu profile come from a reduced-scale run on "
              "a laptop-class CPU: they test the direction of a claim, not its size.", "",
-             "| paper | claim | ours | paper's numbers | verdict (ran at) |",
-             "| --- | --- | --- | --- | --- |"]
+             "Each verdict follows from the kit's one rule (`kit.experiment`): per declared claim, the "
+             "paired differences method − baseline over the seeds (the paper's side positive), their "
+             "95 % Student-t interval, the practical margin declared before the run and the check that "
+             "the mechanism engaged. The *comparisons* column shows them: mean difference [interval] "
+             "(n seeds) → that claim's verdict.", "",
+             "| paper | claim | ours | comparisons | paper's numbers | verdict (ran at) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     titles = {p["id"]: p for p in papers}
     for paper_id in sorted(by_paper):
         rec = by_paper[paper_id]
@@ -129,6 +149,7 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
         metric = rec["headline"]
         ours = "<br>".join(f"{_cell(method)}: {_fmt(m[metric], 100)} {_cell(metric)}"
                            for method, m in rec["metrics"].items())
+        compared = "<br>".join(_comparison_text(c, rec["headline"]) for c in rec.get("comparisons") or []) or "—"
         theirs = "<br>".join(f"{_cell(k)}: {_cell(v)}" for k, v in rec["paper_numbers"].items())
         nb = notebook_for(paper, root) if "chapter" in paper and paper["chapter"] else None
         if nb is None:
@@ -137,11 +158,11 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
             state = provenance.status(json.loads(nb.read_text()), rec["profile"], root)
             link = f"[{paper['short']}](notebooks/{paper['chapter']}/{nb.stem}.ipynb)"
             page = f"{link} {'(stale)' if state.needs_run else '(up to date)'}"
-        lines.append(f"| **{paper_id}** {page} | {_cell(rec['claim'])} | {ours} | {theirs} | "
+        lines.append(f"| **{paper_id}** {page} | {_cell(rec['claim'])} | {ours} | {compared} | {theirs} | "
                      f"**{_cell(rec['verdict'])}**<br>({rec['profile']}, {_cell(rec['device'])}, "
                      f"{rec['wall_seconds']:.0f} s) |")
     if not by_paper:
-        lines.append("| — | no results recorded yet | | | |")
+        lines.append("| — | no results recorded yet | | | | |")
     return "\n".join(lines) + "\n"
 
 
