@@ -134,3 +134,17 @@ def test_the_book_drops_sphinx_thebes_cdn_script():
     assert not _is_thebe(Script("widgets/embed-amd.js")) and not _is_thebe(Script(None, body="var x = 1"))
     config = (paths.root() / "book" / "_config.yml").read_text()
     assert "kit.book.offline" in config
+
+
+def test_committed_cpu_records_follow_the_rule_over_three_seeds():
+    """Issue 8's bar for every committed verdict: >= 3 paired seeds, comparisons the rule re-derives."""
+    from kit import results
+
+    records = [r for r in results.load_all() if r["profile"] == "cpu"]
+    assert records, "no cpu records committed"
+    for rec in records:
+        assert len(rec["seeds"]) >= 3, f"{rec['paper']}: {len(rec['seeds'])} seeds; the cpu profile runs >= 3"
+        assert rec["comparisons"], f"{rec['paper']}: no comparisons recorded"
+        per_seed = {arm: {k: v["values"] for k, v in by.items()} for arm, by in rec["metrics"].items()}
+        results.check_comparisons(rec["comparisons"], rec["verdict"], rec["seeds"], per_seed)
+        assert all(c["n_seeds"] >= 3 for c in rec["comparisons"]), rec["paper"]
