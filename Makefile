@@ -10,7 +10,7 @@ MATHJAX_JS  := book/_vendor/mathjax/tex-mml-chtml.js
 KIT_PROFILE ?= auto
 export KIT_PROFILE
 
-.PHONY: setup book test lab study bench clean-book help
+.PHONY: setup book test lab study bench check-book clean-book help
 .DEFAULT_GOAL := help
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make lab    - JupyterLab on the notebooks"
 	@echo "make study  - execute every notebook at the gpu profile and record results"
 	@echo "make bench  - run the benchmark scripts"
+	@echo "make check-book - open every built page in headless Chromium; fail on what a reader would meet"
 
 setup: $(STAMP)
 
@@ -54,6 +55,10 @@ book: $(STAMP) $(WIDGETS_JS) $(MATHJAX_JS)
 
 test: $(STAMP)
 	KIT_PROFILE=smoke $(BIN)/python -m pytest tests notebooks --nbval-lax -q
+
+# Needs Chromium (apt-get install chromium). One line per page; screenshots in book/_build/shots.
+check-book: $(STAMP)
+	$(BIN)/python -m kit.book.check_pages --shots book/_build/shots
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --allow-root --notebook-dir=notebooks

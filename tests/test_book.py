@@ -148,3 +148,33 @@ def test_committed_cpu_records_follow_the_rule_over_three_seeds():
         per_seed = {arm: {k: v["values"] for k, v in by.items()} for arm, by in rec["metrics"].items()}
         results.check_comparisons(rec["comparisons"], rec["verdict"], rec["seeds"], per_seed)
         assert all(c["n_seeds"] >= 3 for c in rec["comparisons"]), rec["paper"]
+
+
+def test_page_checker_names_every_kind_of_fault(tmp_path):
+    """kit.book.check_pages' verdict on one page, from DevTools events and the page's probe (no Chromium)."""
+    from kit.book import check_pages
+
+    book = tmp_path / "html"
+    (book / "_static").mkdir(parents=True)
+    inside = (book / "_static" / "a.js").as_uri()
+    events = [
+        {"method": "Network.requestWillBeSent", "params": {"requestId": "1", "request": {"url": inside}}},
+        {"method": "Network.requestWillBeSent", "params": {"requestId": "2", "request": {"url": "https://cdn.x/y.js"}}},
+        {"method": "Network.requestWillBeSent", "params": {"requestId": "3",
+                                                           "request": {"url": (book / "font.woff2").as_uri()}}},
+        {"method": "Network.loadingFailed", "params": {"requestId": "3", "errorText": "net::ERR_FILE_NOT_FOUND",
+                                                       "type": "Font"}},
+        {"method": "Runtime.exceptionThrown", "params": {"exceptionDetails": {
+            "exception": {"description": "TypeError: MathJax.Hub is undefined\n at x"}}}},
+        {"method": "Runtime.consoleAPICalled", "params": {"type": "error", "args": [{"value": "boom"}]}},
+        {"method": "Runtime.consoleAPICalled", "params": {"type": "log", "args": [{"value": "fine"}]}},
+    ]
+    probe = {"wide": ["pre. (993 px)"], "shrunk": ["x.png (73 %)"], "explorers": 1, "frames": 0, "height": 100}
+    faults = check_pages.faults_of(events, probe, book)
+    assert faults == ["request outside the book: https://cdn.x/y.js",
+                      "failed request: font.woff2 (net::ERR_FILE_NOT_FOUND, Font)",
+                      "uncaught exception: TypeError: MathJax.Hub is undefined", "console error: boom",
+                      "content wider than the column: pre. (993 px)", "image shrunk below 90 %: x.png (73 %)",
+                      "explorer without static frames (1 explorer(s), 0 frame set(s))"]
+    clean = {"wide": [], "shrunk": [], "explorers": 1, "frames": 1, "height": 100}
+    assert check_pages.faults_of(events[:1], clean, book) == []
