@@ -108,9 +108,10 @@ def _cell(text) -> str:
 def _comparison_text(c: dict, headline: str) -> str:
     """One comparison in a cell: "TOOD vs ATSS, AP: +0.4 [-1.2, +2.0] (n=3) → inconclusive".
 
-    The headline metric is a fraction and is shown in points (x100), as in the "ours" column.
+    The headline metric and the AP family (AP, APs, "AP shared class", ...) are fractions and are
+    shown in points (x100), as in the "ours" column; other metrics in their own units.
     """
-    scale = 100.0 if c["metric"] == headline else 1.0
+    scale = 100.0 if c["metric"] == headline or c["metric"].startswith("AP") else 1.0
     mean = c["difference_mean"] * scale
     interval = c.get("interval_95")
     span = f" [{interval[0] * scale:+.1f}, {interval[1] * scale:+.1f}]" if interval else ""
@@ -131,8 +132,8 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
             by_paper[rec["paper"]] = rec
     lines = ["# Scoreboard", "",
              "Every notebook records its results under `results/<profile>/`. This page shows, per paper, "
-             "the claim we tested, our numbers (mean ± std over seeds where several ran; metrics in %), "
-             "the paper's numbers, our verdict, where it ran, and whether the executed page is still "
+             "our verdict and where it ran, the claim we tested, our numbers (mean ± std over seeds; "
+             "metrics in %), the comparisons behind the verdict, the paper's numbers, and whether the executed page is still "
              "up to date with the code. Numbers from the cpu profile come from a reduced-scale run on "
              "a laptop-class CPU: they test the direction of a claim, not its size.", "",
              "Each verdict follows from the kit's one rule (`kit.experiment`): per declared claim, the "
@@ -140,7 +141,7 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
              "95 % Student-t interval, the practical margin declared before the run and the check that "
              "the mechanism engaged. The *comparisons* column shows them: mean difference [interval] "
              "(n seeds) → that claim's verdict.", "",
-             "| paper | claim | ours | comparisons | paper's numbers | verdict (ran at) |",
+             "| paper | verdict (ran at) | claim | ours | comparisons | paper's numbers |",
              "| --- | --- | --- | --- | --- | --- |"]
     titles = {p["id"]: p for p in papers}
     for paper_id in sorted(by_paper):
@@ -158,9 +159,9 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
             state = provenance.status(json.loads(nb.read_text()), rec["profile"], root)
             link = f"[{paper['short']}](notebooks/{paper['chapter']}/{nb.stem}.ipynb)"
             page = f"{link} {'(stale)' if state.needs_run else '(up to date)'}"
-        lines.append(f"| **{paper_id}** {page} | {_cell(rec['claim'])} | {ours} | {compared} | {theirs} | "
-                     f"**{_cell(rec['verdict'])}**<br>({rec['profile']}, {_cell(rec['device'])}, "
-                     f"{rec['wall_seconds']:.0f} s) |")
+        lines.append(f"| **{paper_id}** {page} | **{_cell(rec['verdict'])}**<br>({rec['profile']}, "
+                     f"{_cell(rec['device'])}, {rec['wall_seconds']:.0f} s) | {_cell(rec['claim'])} | {ours} | "
+                     f"{compared} | {theirs} |")
     if not by_paper:
         lines.append("| — | no results recorded yet | | | | |")
     return "\n".join(lines) + "\n"
