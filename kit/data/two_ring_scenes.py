@@ -19,16 +19,12 @@ images), then moved to any device.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
+from kit.data.context_scenes import COLOUR_NAMES, KEY_SHAPE, OTHER_SHAPES, PALETTE_HUES, ContextScenes
 from kit.data.shapes import _INSIDE_TESTS, _background, _hsv_to_rgb
-
-KEY_SHAPE = "ring"
-OTHER_SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
-PALETTE_HUES = (0.0, 0.6, 0.15, 0.33, 0.8, 0.5)  # red, blue, yellow, green, purple, cyan
-COLOUR_NAMES = ("red", "blue", "yellow", "green", "purple", "cyan")
 _CANDIDATES = 64  # positions tried for the second ring (the first far enough from the first ring wins)
 
 
@@ -76,35 +72,19 @@ class TwoRingScenesConfig:
 
 
 @dataclass
-class TwoRingScenes:
-    """images (B, 3, H, W) uint8; labels (B, H, W) long (0 background, 1 + nearest ring's colour on objects);
-    key_masks (B, 2, H, W) bool, each ring's visible pixels; key_colours (B, 2) long (always different);
-    key_centres (B, 2, 2) (x, y) per ring; nearest (B, H, W) long, the ring (0/1) an object pixel reads
-    (-1 on background)."""
+class TwoRingScenes(ContextScenes):
+    """:class:`~kit.data.context_scenes.ContextScenes` with two rings per image (same ``batch``,
+    ``class_names``). images (B, 3, H, W) uint8; labels (B, H, W) long (0 background, 1 + nearest
+    ring's colour on objects); key_masks (B, 2, H, W) bool, each ring's visible pixels; key_colours
+    (B, 2) long (always different); key_centres (B, 2, 2) (x, y) per ring; nearest (B, H, W) long,
+    the ring (0/1) an object pixel reads (-1 on background)."""
 
     config: TwoRingScenesConfig
-    images: torch.Tensor
-    labels: torch.Tensor
-    key_masks: torch.Tensor
-    key_colours: torch.Tensor
-    key_centres: torch.Tensor
     nearest: torch.Tensor
 
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def class_names(self) -> list[str]:
-        return ["background"] + list(COLOUR_NAMES[: self.config.num_colours])
-
-    def batch(self, indices, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float images in [0, 1] (B, 3, H, W) and label maps (B, H, W), on ``device``."""
-        indices = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
-        return self.images[indices].to(device).float().div_(255), self.labels[indices].to(device)
-
     def to(self, device) -> "TwoRingScenes":
-        fields = ("images", "labels", "key_masks", "key_colours", "key_centres", "nearest")
-        return TwoRingScenes(self.config, **{k: getattr(self, k).to(device) for k in fields})
+        return TwoRingScenes(self.config, **{f.name: getattr(self, f.name).to(device)
+                                             for f in fields(self) if f.name != "config"})
 
 
 def generate_two_ring_scenes(config: TwoRingScenesConfig) -> TwoRingScenes:
