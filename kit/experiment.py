@@ -4,30 +4,43 @@ A notebook states *what* it compares; this module does the running and the stati
 same way on every page.
 
 **Before the run** the notebook declares its claims (:class:`Claim`): the metric, the
-direction the paper claims (``higher`` or ``lower`` is better for the method), the practical
-margin ``delta`` (at least the noise a baseline-vs-baseline run shows), and optionally a floor
-the baseline must reach to count as trained. It also declares how to tell that the mechanism
-engaged (:class:`EngagementCheck`: a measured value and the threshold it must pass).
+direction the paper claims (``higher`` or ``lower`` is better for the method, or ``similar``:
+the method matches the baseline, for a paper's "negligible", "on par", "maintains"), the
+practical margin ``delta`` (at least the noise a baseline-vs-baseline run shows), and optionally
+a floor the baseline must reach to count as trained (in the claim's metric or another one). It
+also declares how to tell that the mechanism engaged (:class:`EngagementCheck`: a measured
+value and the threshold it must pass).
 
 **The rule.** Over the paired seeds (baseline and method share seed ``s``: the same data order
 and, where the architectures allow, the same initial weights) take the differences
-``d_s = method_s - baseline_s``, signed so that positive is the paper's side. With their mean
-``m``, sample standard deviation ``sd`` and ``n`` seeds, the 95 % Student-t interval is
-``m +- t_{0.975, n-1} * sd / sqrt(n)``. Then, in this order:
+``d_s = method_s - baseline_s``, signed so that positive is the paper's side (unsigned for
+``similar``). With their mean ``m``, sample standard deviation ``sd`` and ``n`` seeds, the 95 %
+Student-t interval is ``m +- t_{0.975, n-1} * sd / sqrt(n)``. Then, in this order:
 
-=============================  ==========================================================
-``not tested at this scale``   the declared mechanism check failed (value recorded)
-``baseline did not train``     the baseline's mean is below the declared floor
-``reproduced``                 the interval lies entirely above 0
-``not reproduced``             the interval lies entirely below 0
+=============================== ========================================================
+``not tested at this scale``    the declared mechanism check failed (value recorded)
+``baseline did not train``      the baseline's mean is below the declared floor
+``inconclusive``                fewer than 2 seeds: no interval
 ``no difference at this scale`` the interval lies inside ``[-delta, +delta]``
-``inconclusive``               otherwise (or fewer than 2 seeds: no interval)
-=============================  ==========================================================
+``reproduced``                  the interval lies entirely above 0
+``not reproduced``              the interval lies entirely below 0
+``inconclusive``                otherwise
+=============================== ========================================================
 
-A paper with several claims gets ``partly reproduced`` when its claims' verdicts differ, and
-their common verdict otherwise (:func:`paper_verdict`). No notebook computes a verdict by its
-own code; :func:`kit.results.record` re-derives every verdict with this rule and refuses a
-record that disagrees.
+An interval inside ``+-delta`` is "no difference" even when it excludes 0: ``delta`` is declared
+as the smallest difference that matters at this scale (no smaller than the A/A noise), so a
+shift smaller than that is not the paper's effect, whatever its sign.
+
+A ``similar`` claim (the paper says the method costs nothing, or changes nothing) is an
+equivalence test on the same interval: ``reproduced`` when it lies inside ``[-delta, +delta]``,
+``not reproduced`` when it lies entirely outside (beyond ``+delta`` or below ``-delta``),
+``inconclusive`` otherwise.
+
+A paper's verdict (:func:`paper_verdict`) is its claims' common verdict when they agree;
+otherwise ``partly reproduced`` if at least one claim is reproduced, ``not reproduced`` if none
+is and at least one is not, and ``inconclusive`` for any other mix. No notebook computes a
+verdict by its own code; :func:`kit.results.record` re-derives every verdict with this rule and
+refuses a record that disagrees.
 
 ``KIT_SEEDS=10,11,12`` replaces a profile's seeds (:func:`seeds`), so a reader can check a
 page with seeds its author never saw.
@@ -43,7 +56,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-DIRECTIONS = ("higher", "lower")
+DIRECTIONS = ("higher", "lower", "similar")
 COMPARISON_VERDICTS = ("reproduced", "not reproduced", "no difference at this scale", "inconclusive",
                        "not tested at this scale", "baseline did not train")
 PAPER_VERDICTS = COMPARISON_VERDICTS + ("partly reproduced",)
@@ -87,10 +100,12 @@ class Claim:
     """One claim of the paper, declared before the experiment runs.
 
     baseline / method: the arm names in the results table; metric: the column compared;
-    direction: ``higher`` or ``lower`` is the paper's side for the method; margin: the practical
-    margin delta in the metric's own units (e.g. 0.01 = 1 AP point for AP stored as a fraction);
-    baseline_floor: the baseline's mean must reach this (in the direction's sense: at least it for
-    ``higher``) or the comparison is void ("baseline did not train"); None = no floor.
+    direction: ``higher`` or ``lower`` is the paper's side for the method, ``similar`` that the
+    method matches the baseline (an equivalence claim; needs a margin > 0); margin: the
+    practical margin delta in the metric's own units (e.g. 0.01 = 1 AP point for AP stored as a
+    fraction); baseline_floor: the baseline's mean of ``floor_metric`` (default: ``metric``) must
+    reach this (at least it, or at most it for ``lower``) or the comparison is void ("baseline
+    did not train"); None = no floor.
     """
 
     name: str
@@ -100,6 +115,7 @@ class Claim:
     direction: str = "higher"
     margin: float = 0.0
     baseline_floor: float | None = None
+    floor_metric: str | None = None
 
     def __post_init__(self):
         if self.direction not in DIRECTIONS:
@@ -108,8 +124,18 @@ class Claim:
             raise ValueError(f"claim {self.name!r}: margin must be a finite number >= 0, got {self.margin!r}")
         if self.baseline == self.method:
             raise ValueError(f"claim {self.name!r}: baseline and method are the same arm {self.method!r}")
+        if self.direction == "similar" and self.margin <= 0:
+            raise ValueError(f"claim {self.name!r}: a 'similar' claim needs a margin > 0 (how far apart still "
+                             f"counts as the same), got {self.margin!r}")
         if self.baseline_floor is not None and not math.isfinite(self.baseline_floor):
             raise ValueError(f"claim {self.name!r}: baseline_floor must be finite or None")
+        if self.floor_metric is not None and self.baseline_floor is None:
+            raise ValueError(f"claim {self.name!r}: floor_metric {self.floor_metric!r} given without a baseline_floor")
+
+    @property
+    def floored_metric(self) -> str:
+        """The metric the baseline floor is read in."""
+        return self.floor_metric or self.metric
 
 
 @dataclass(frozen=True)
@@ -151,8 +177,14 @@ def t_interval(differences: Sequence[float], confidence: float = CONFIDENCE) -> 
 
 
 def rule(interval: tuple[float, float] | None, margin: float, engaged: bool | None = True,
-         baseline_trained: bool = True) -> str:
-    """The kit's verdict for one comparison (see the module docstring for the order)."""
+         baseline_trained: bool = True, direction: str = "higher") -> str:
+    """The kit's verdict for one comparison (see the module docstring for the order).
+
+    ``interval`` is on the paper's side (signed differences) for ``higher``/``lower`` and of the
+    plain differences for ``similar``.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if engaged is False:
         return "not tested at this scale"
     if not baseline_trained:
@@ -160,39 +192,62 @@ def rule(interval: tuple[float, float] | None, margin: float, engaged: bool | No
     if interval is None:
         return "inconclusive"
     low, high = interval
+    inside = -margin <= low and high <= margin
+    if direction == "similar":
+        if inside:
+            return "reproduced"
+        if low > margin or high < -margin:
+            return "not reproduced"
+        return "inconclusive"
+    if inside:
+        return "no difference at this scale"
     if low > 0:
         return "reproduced"
     if high < 0:
         return "not reproduced"
-    if -margin <= low and high <= margin:
-        return "no difference at this scale"
     return "inconclusive"
 
 
+def _trained(floor: float | None, values: Sequence[float], direction: str) -> bool:
+    if floor is None:
+        return True
+    mean = sum(float(v) for v in values) / len(values)
+    return mean <= floor if direction == "lower" else mean >= floor
+
+
+def signed_differences(direction: str, baseline: Sequence[float], method: Sequence[float]) -> list[float]:
+    """method - baseline per seed, signed so that positive is the paper's side (plain for ``similar``)."""
+    sign = -1.0 if direction == "lower" else 1.0
+    return [sign * (float(m) - float(b)) for b, m in zip(baseline, method)]
+
+
 def compare(claim: Claim, baseline: Mapping[int, float], method: Mapping[int, float],
-            engaged: EngagementCheck | None = None) -> dict:
+            engaged: EngagementCheck | None = None, floor_values: Mapping[int, float] | None = None) -> dict:
     """Apply the rule to one claim: per-seed values by seed -> a comparison record.
 
-    Only seeds present in both arms are paired (a missing seed is an error: pairs must be complete).
+    Every seed must pair both arms. ``floor_values``: the baseline's per-seed values of the
+    claim's ``floor_metric`` (needed when it differs from ``metric``).
     """
     if set(baseline) != set(method):
         raise ValueError(f"claim {claim.name!r}: baseline seeds {sorted(baseline)} and method seeds "
                          f"{sorted(method)} differ; every seed must pair both arms")
     order = sorted(baseline)
-    sign = 1.0 if claim.direction == "higher" else -1.0
-    differences = [sign * (float(method[s]) - float(baseline[s])) for s in order]
+    if claim.floored_metric != claim.metric:
+        if floor_values is None or set(floor_values) != set(order):
+            raise ValueError(f"claim {claim.name!r}: its floor is in {claim.floor_metric!r}; pass the baseline's "
+                             f"per-seed values of it for seeds {order} as floor_values")
+        floor_list = [float(floor_values[s]) for s in order]
+    else:
+        floor_list = [float(baseline[s]) for s in order]
+    differences = signed_differences(claim.direction, [baseline[s] for s in order], [method[s] for s in order])
     interval = t_interval(differences)
-    baseline_mean = sum(float(baseline[s]) for s in order) / len(order)
-    trained = True
-    if claim.baseline_floor is not None:
-        trained = baseline_mean >= claim.baseline_floor if claim.direction == "higher" \
-            else baseline_mean <= claim.baseline_floor
-    verdict = rule(interval, claim.margin, None if engaged is None else engaged.passed, trained)
+    trained = _trained(claim.baseline_floor, floor_list, claim.direction)
+    verdict = rule(interval, claim.margin, None if engaged is None else engaged.passed, trained, claim.direction)
     return {
         "claim": claim.name, "baseline": claim.baseline, "method": claim.method, "metric": claim.metric,
         "direction": claim.direction, "margin": float(claim.margin), "seeds": order, "n_seeds": len(order),
         "baseline_values": [float(baseline[s]) for s in order], "method_values": [float(method[s]) for s in order],
-        "baseline_floor": claim.baseline_floor,
+        "baseline_floor": claim.baseline_floor, "floor_metric": claim.floored_metric, "floor_values": floor_list,
         "difference_mean": sum(differences) / len(differences),
         "interval_95": list(interval) if interval is not None else None,
         "engaged": engaged.as_dict() if engaged is not None else None,
@@ -203,23 +258,26 @@ def compare(claim: Claim, baseline: Mapping[int, float], method: Mapping[int, fl
 def verdict_of(comparison: Mapping) -> str:
     """Re-derive a recorded comparison's verdict from its own fields (what results.record checks)."""
     engaged = comparison.get("engaged")
-    floor = comparison.get("baseline_floor")
-    trained = True
-    if floor is not None:
-        base = comparison["baseline_values"]
-        mean = sum(base) / len(base)
-        trained = mean >= floor if comparison["direction"] == "higher" else mean <= floor
+    floor_values = comparison.get("floor_values", comparison["baseline_values"])
+    trained = _trained(comparison.get("baseline_floor"), floor_values, comparison["direction"])
     interval = comparison.get("interval_95")
     return rule(tuple(interval) if interval is not None else None, comparison["margin"],
-                None if engaged is None else bool(engaged["passed"]), trained)
+                None if engaged is None else bool(engaged["passed"]), trained, comparison["direction"])
 
 
 def paper_verdict(comparisons: Sequence[Mapping]) -> str:
-    """One claim: its verdict. Several: their common verdict, or ``partly reproduced`` if they differ."""
+    """The claims' common verdict; if they differ: ``partly reproduced`` when one is reproduced,
+    ``not reproduced`` when none is and one is not, ``inconclusive`` otherwise."""
     if not comparisons:
         raise ValueError("a paper verdict needs at least one declared comparison")
     verdicts = {c["verdict"] for c in comparisons}
-    return verdicts.pop() if len(verdicts) == 1 else "partly reproduced"
+    if len(verdicts) == 1:
+        return verdicts.pop()
+    if "reproduced" in verdicts:
+        return "partly reproduced"
+    if "not reproduced" in verdicts:
+        return "not reproduced"
+    return "inconclusive"
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -289,8 +347,9 @@ class Grid:
                              for arm in self.arms}).T
 
     def compare(self, claim: Claim, engaged: EngagementCheck | None = None) -> dict:
+        floor = self.values(claim.baseline, claim.floored_metric) if claim.floor_metric else None
         return compare(claim, self.values(claim.baseline, claim.metric), self.values(claim.method, claim.metric),
-                       engaged)
+                       engaged, floor)
 
     def per_arm(self, metrics: Sequence[str] | None = None) -> dict:
         """arm -> metric -> per-seed list, in seed order (what :func:`kit.results.record` takes)."""
@@ -355,6 +414,51 @@ def verdict_table(comparisons: Sequence[Mapping], scale: float = 1.0, digits: in
                      "margin": f"±{c['margin'] * scale:.{digits}f}{unit}", "seeds": c["n_seeds"],
                      "mechanism check": check, "verdict": c["verdict"]})
     return pd.DataFrame(rows).set_index("claim")
+
+
+HOLDS_WITHOUT_MATCHING = ("inconclusive", "no difference at this scale")
+
+
+def rerun_report(page: Sequence[Mapping], page_verdict: str, rerun: Mapping | None, scale: float = 1.0,
+                 digits: int = 1, unit: str = "") -> str:
+    """Markdown: a page's claims beside a rerun of the same page with other seeds / threads.
+
+    ``page``: this run's comparisons; ``rerun``: the rerun's record (:func:`kit.results.load_rerun`),
+    or None when there is none. A claim *holds* when both runs give it the same verdict; a claim
+    this page calls ``inconclusive`` or ``no difference at this scale`` makes no claim a rerun could
+    contradict, so a different verdict there is reported, not counted against the page.
+    """
+    if rerun is None:
+        return ("No rerun with other seeds and threads is recorded for this page yet (exercise 1 asks you "
+                "to make one).")
+    by_claim = {c["claim"]: c for c in rerun["comparisons"]}
+    missing = [c["claim"] for c in page if c["claim"] not in by_claim]
+    if missing:
+        return (f"The recorded rerun (seeds {rerun['seeds']}, {rerun['machine']['threads']} thread(s)) does not "
+                f"have this page's claims {missing}: it is from older code; rerun it.")
+    lines = [f"Rerun with seeds {rerun['seeds']} on {rerun['machine']['threads']} thread(s), recorded "
+             f"{rerun['recorded_at'][:10]} on {rerun['machine']['cpu']}:", "",
+             "| claim | this page | rerun | holds? |", "| --- | --- | --- | --- |"]
+    differ, allowed = [], []
+    for c in page:
+        other = by_claim[c["claim"]]
+        same = other["verdict"] == c["verdict"]
+        if not same:
+            (allowed if c["verdict"] in HOLDS_WITHOUT_MATCHING else differ).append(c["claim"])
+        word = "yes" if same else ("moved (this page makes no claim here)" if c["claim"] in allowed else "**no**")
+        lines.append(f"| {c['claim']} | {difference_text(c, scale, digits, unit)} → {c['verdict']} | "
+                     f"{difference_text(other, scale, digits, unit)} → {other['verdict']} | {word} |")
+    lines.append("")
+    lines.append(f"Paper verdict: this page **{page_verdict}**, the rerun **{rerun['verdict']}**. ")
+    if differ:
+        lines[-1] += (f"**The rerun contradicts this page on {len(differ)} claim(s)**: "
+                      + "; ".join(differ) + ". Treat this page's verdict on them as not settled.")
+    elif allowed:
+        lines[-1] += ("Every claim this page decides holds; the claims it leaves open ("
+                      + "; ".join(allowed) + ") moved, as an open interval may.")
+    else:
+        lines[-1] += "Every claim holds."
+    return "\n".join(lines)
 
 
 def aa_noise(values: Mapping[int, float]) -> float:

@@ -13,13 +13,14 @@ import re
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from kit import paths
 from kit.data.cache import atomic_write_bytes
-from kit.experiment import PAPER_VERDICTS, paper_verdict, t_interval, verdict_of
+from kit.experiment import PAPER_VERDICTS, paper_verdict, signed_differences, t_interval, verdict_of
 
 _PAPER_ID = re.compile(r"^P\d{2}$")
 # The kit's verdicts (kit.experiment), plus "no claim tested" for a page that measures without a claim.
@@ -104,8 +105,15 @@ def check_comparisons(comparisons: list, verdict: str, seeds: list, metrics: dic
             recorded = dict(zip(seeds, metrics[arm][c["metric"]]))
             if [recorded.get(s) for s in c["seeds"]] != list(c[key]) or c["n_seeds"] != len(c["seeds"]):
                 raise ValueError(f"{where}: its {key} are not the record's per-seed {arm}/{c['metric']} values")
-        sign = 1.0 if c["direction"] == "higher" else -1.0
-        differences = [sign * (m - b) for m, b in zip(c["method_values"], c["baseline_values"])]
+        if "floor_values" in c:  # the floor's metric may be another one than the claim's
+            floor_metric = c.get("floor_metric", c["metric"])
+            if c["baseline"] not in metrics or floor_metric not in metrics[c["baseline"]]:
+                raise ValueError(f"{where}: the record has no metric {floor_metric!r} for arm {c['baseline']!r}")
+            recorded = dict(zip(seeds, metrics[c["baseline"]][floor_metric]))
+            if [recorded.get(s) for s in c["seeds"]] != list(c["floor_values"]):
+                raise ValueError(f"{where}: its floor_values are not the record's per-seed "
+                                 f"{c['baseline']}/{floor_metric} values")
+        differences = signed_differences(c["direction"], c["baseline_values"], c["method_values"])
         interval = t_interval(differences)
         stored = c["interval_95"]
         same_interval = (interval is None and stored is None) or (
@@ -223,6 +231,23 @@ def load_one(path: Path) -> dict:
         raise ValueError(f"results file {path} is not a valid record: it lacks {missing}; a record is a "
                          f"JSON object with {list(REQUIRED_FIELDS)} (as kit.results.record writes it)")
     return entry
+
+
+def rerun_path(paper: str, profile: str, seeds: Sequence[int], threads: int) -> Path:
+    """Where the record of a page rerun with other seeds and threads is kept (not on the scoreboard).
+
+    ``results/<profile>/reruns/<paper>-seeds-10-11-12-threads-1.json`` for seeds 10, 11, 12 on one thread.
+    """
+    if not _PAPER_ID.match(paper):
+        raise ValueError(f"paper must look like 'P01', got {paper!r}")
+    tag = "-".join(str(int(s)) for s in seeds)
+    return paths.results_dir() / profile / "reruns" / f"{paper}-seeds-{tag}-threads-{int(threads)}.json"
+
+
+def load_rerun(paper: str, profile: str, seeds: Sequence[int], threads: int) -> dict | None:
+    """The committed rerun record of a page, or None if nobody ran it (see :func:`rerun_path`)."""
+    path = rerun_path(paper, profile, seeds, threads)
+    return load_one(path) if path.exists() else None
 
 
 def load_all(folder: Path | None = None) -> list[dict]:

@@ -24,7 +24,9 @@ def test_interval_needs_two_values_and_finite_ones():
 
 @pytest.mark.parametrize("interval, margin, engaged, trained, expected", [
     ((0.01, 0.05), 0.02, True, True, "reproduced"),
-    ((0.001, 0.005), 0.02, True, True, "reproduced"),          # above 0 wins over "inside the margin"
+    ((0.001, 0.005), 0.02, True, True, "no difference at this scale"),  # inside the margin wins over "above 0"
+    ((-0.005, -0.001), 0.02, True, True, "no difference at this scale"),
+    ((0.001, 0.025), 0.02, True, True, "reproduced"),
     ((-0.05, -0.01), 0.02, True, True, "not reproduced"),
     ((-0.01, 0.015), 0.02, True, True, "no difference at this scale"),
     ((-0.03, 0.015), 0.02, True, True, "inconclusive"),
@@ -35,6 +37,41 @@ def test_interval_needs_two_values_and_finite_ones():
 ])
 def test_rule_table(interval, margin, engaged, trained, expected):
     assert ex.rule(interval, margin, engaged, trained) == expected
+
+
+@pytest.mark.parametrize("interval, expected", [
+    ((-0.01, 0.015), "reproduced"),            # inside +-margin: the method matches the baseline
+    ((-0.03, 0.015), "inconclusive"),          # reaches past -margin
+    ((0.025, 0.06), "not reproduced"),         # entirely beyond +margin
+    ((-0.09, -0.03), "not reproduced"),        # entirely below -margin
+    ((0.005, 0.03), "inconclusive"),
+])
+def test_similar_claims_are_an_equivalence_test(interval, expected):
+    assert ex.rule(interval, 0.02, True, True, direction="similar") == expected
+
+
+def test_similar_claim_compares_plain_differences():
+    claim = ex.Claim("negligible", "A", "B", "acc", direction="similar", margin=0.02)
+    result = ex.compare(claim, {0: 0.50, 1: 0.52, 2: 0.51}, {0: 0.505, 1: 0.515, 2: 0.512})
+    assert result["difference_mean"] == pytest.approx(0.0006667, abs=1e-6)
+    assert result["verdict"] == "reproduced" == ex.verdict_of(result)
+    worse = ex.compare(claim, {0: 0.50, 1: 0.52, 2: 0.51}, {0: 0.40, 1: 0.41, 2: 0.42})
+    assert worse["verdict"] == "not reproduced" == ex.verdict_of(worse)
+    with pytest.raises(ValueError, match="needs a margin > 0"):
+        ex.Claim("c", "A", "B", "acc", direction="similar")
+
+
+def test_floor_in_another_metric():
+    claim = ex.Claim("small objects", "A", "B", "APs", margin=0.01, baseline_floor=0.05, floor_metric="AP")
+    base, method = {0: 0.001, 1: 0.002, 2: 0.001}, {0: 0.02, 1: 0.03, 2: 0.025}
+    trained = ex.compare(claim, base, method, floor_values={0: 0.2, 1: 0.21, 2: 0.19})
+    assert trained["verdict"] == "reproduced" == ex.verdict_of(trained) and trained["floor_metric"] == "AP"
+    untrained = ex.compare(claim, base, method, floor_values={0: 0.01, 1: 0.02, 2: 0.01})
+    assert untrained["verdict"] == "baseline did not train" == ex.verdict_of(untrained)
+    with pytest.raises(ValueError, match="floor_values"):
+        ex.compare(claim, base, method)
+    with pytest.raises(ValueError, match="without a baseline_floor"):
+        ex.Claim("c", "A", "B", "APs", floor_metric="AP")
 
 
 def test_compare_signs_differences_by_the_papers_direction():
@@ -71,6 +108,11 @@ def test_paper_verdict():
     assert ex.paper_verdict([{"verdict": "reproduced"}]) == "reproduced"
     assert ex.paper_verdict([{"verdict": "reproduced"}, {"verdict": "reproduced"}]) == "reproduced"
     assert ex.paper_verdict([{"verdict": "reproduced"}, {"verdict": "inconclusive"}]) == "partly reproduced"
+    assert ex.paper_verdict([{"verdict": "reproduced"}, {"verdict": "not reproduced"}]) == "partly reproduced"
+    # none reproduced: one against the paper decides; any other mix is inconclusive
+    assert ex.paper_verdict([{"verdict": "inconclusive"}, {"verdict": "not reproduced"}]) == "not reproduced"
+    assert ex.paper_verdict([{"verdict": "not tested at this scale"},
+                             {"verdict": "no difference at this scale"}]) == "inconclusive"
     with pytest.raises(ValueError, match="at least one"):
         ex.paper_verdict([])
 
@@ -244,3 +286,30 @@ def test_declared_and_verdict_tables():
                              scale=100)
     assert shown["verdict"].tolist() == ["reproduced", "not tested at this scale"]
     assert "FAILED" in shown["mechanism check"].iloc[1] and shown["margin"].iloc[0] == "±1.0"
+
+
+def _claim_result(name, low, high, verdict):
+    return {"claim": name, "difference_mean": (low + high) / 2, "interval_95": [low, high], "verdict": verdict}
+
+
+def test_rerun_report_counts_only_decided_claims_against_the_page():
+    page = [_claim_result("a", 0.01, 0.03, "reproduced"), _claim_result("b", -0.02, 0.03, "inconclusive")]
+    rerun = {"seeds": [10, 11, 12], "machine": {"threads": 1, "cpu": "x"}, "recorded_at": "2026-12-02T10:00",
+             "verdict": "partly reproduced",
+             "comparisons": [_claim_result("a", 0.005, 0.02, "reproduced"), _claim_result("b", -0.05, -0.01, "not reproduced")]}
+    text = ex.rerun_report(page, "partly reproduced", rerun, scale=100)
+    assert "| a | +2.0 [+1.0, +3.0] → reproduced | +1.2 [+0.5, +2.0] → reproduced | yes |" in text
+    assert "moved (this page makes no claim here)" in text and "contradicts" not in text
+    rerun["comparisons"][0]["verdict"] = "inconclusive"
+    assert "**The rerun contradicts this page on 1 claim(s)**: a." in ex.rerun_report(page, "x", rerun)
+    assert "No rerun" in ex.rerun_report(page, "x", None)
+    rerun["comparisons"] = rerun["comparisons"][:1]
+    assert "older code" in ex.rerun_report(page, "x", rerun)
+
+
+def test_rerun_path_names_seeds_and_threads():
+    from kit import results
+    path = results.rerun_path("P22", "cpu", [10, 11, 12], 1)
+    assert path.parts[-3:] == ("cpu", "reruns", "P22-seeds-10-11-12-threads-1.json")
+    with pytest.raises(ValueError, match="P01"):
+        results.rerun_path("22", "cpu", [1], 1)

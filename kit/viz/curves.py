@@ -12,12 +12,16 @@ def training_curves(histories: dict, keys=("loss",), smooth: int = 20, size=(4.2
     """
     keys = list(keys)
     fig, axes = plt.subplots(1, len(keys), figsize=(size[0] * len(keys), size[1]), squeeze=False)
+    # Ten colours, then the same colours dashed, then dotted: no two of up to 30 lines look alike.
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":"]
     for ax, key in zip(axes[0], keys):
-        for name, history in histories.items():
+        for index, (name, history) in enumerate(histories.items()):
             if key not in history:
                 continue
             series = pd.Series(history[key].to_numpy(), index=history["step"].to_numpy())
-            ax.plot(series.index, series.rolling(smooth, min_periods=1).mean(), label=name)
+            ax.plot(series.index, series.rolling(smooth, min_periods=1).mean(), label=name,
+                    color=colors[index % len(colors)], linestyle=styles[(index // len(colors)) % len(styles)])
         for label, step in (vlines or {}).items():
             ax.axvline(step, color="gray", linestyle=":", linewidth=1)
             ax.text(step, ax.get_ylim()[1], f" {label}", fontsize=7, va="top", color="gray")

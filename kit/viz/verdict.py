@@ -5,13 +5,20 @@ and the evaluated points of training histories (``kit.experiment.evaluate_at``).
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+
 import numpy as np
 import pandas as pd
 
-from kit.experiment import curve_of
+from kit.experiment import curve_of, signed_differences
+
+
+def _wrapped(name: str, width: int = 14) -> str:
+    """An arm name broken over lines so that two tick labels side by side do not overlap."""
+    return "\n".join(textwrap.wrap(str(name), width)) or str(name)
 
 
 def paired_seeds(comparisons: Sequence[Mapping], scale: float = 1.0, unit: str = "", size=(2.9, 2.6)):
@@ -29,12 +36,11 @@ def paired_seeds(comparisons: Sequence[Mapping], scale: float = 1.0, unit: str =
         meth = np.asarray(c["method_values"]) * scale
         for b, m in zip(base, meth):
             ax.plot([0, 1], [b, m], color="tab:gray", lw=1, marker="o", ms=3)
-        ax.set_xticks([0, 1], [c["baseline"], c["method"]], fontsize=7)
+        ax.set_xticks([0, 1], [_wrapped(c["baseline"]), _wrapped(c["method"])], fontsize=7)
         ax.set_xlim(-0.3, 2.6)
         ax.set_ylabel(f"{c['metric']}{f' ({unit})' if unit else ''}", fontsize=8)
         twin = ax.twinx()
-        sign = 1.0 if c["direction"] == "higher" else -1.0
-        diffs = sign * (meth - base)
+        diffs = np.asarray(signed_differences(c["direction"], base, meth))
         twin.axhspan(-c["margin"] * scale, c["margin"] * scale, color="tab:green", alpha=0.12, lw=0)
         twin.axhline(0, color="black", lw=0.8)
         twin.scatter(np.full(len(diffs), 2.0), diffs, s=10, color="tab:blue", zorder=3)
@@ -45,10 +51,11 @@ def paired_seeds(comparisons: Sequence[Mapping], scale: float = 1.0, unit: str =
                           fmt="D", color="tab:blue", ms=4, capsize=3)
         span = max(abs(diffs).max(), c["margin"] * scale, *(abs(v * scale) for v in (c["interval_95"] or [0])))
         twin.set_ylim(-1.15 * span - 1e-9, 1.15 * span + 1e-9)
-        twin.set_ylabel("difference, paper's side + (blue)", fontsize=7, color="tab:blue")
+        twin.set_ylabel("method − baseline (blue)" if c["direction"] == "similar"
+                        else "difference, paper's side + (blue)", fontsize=7, color="tab:blue")
         twin.tick_params(labelsize=7)
         ax.tick_params(labelsize=7)
-        ax.set_title(f"{c['claim']}\n→ {c['verdict']}", fontsize=8)
+        ax.set_title(f"{textwrap.fill(c['claim'], 38)}\n→ {c['verdict']}", fontsize=8)
     fig.tight_layout()
     return fig
 
