@@ -216,6 +216,9 @@ def test_record_keeps_comparisons_and_the_machine(tmp_path):
     (lambda c: {**c, "method_values": [0.9, 0.9, 0.9]}, "reproduced", "not the record's per-seed"),
     (lambda c: {k: v for k, v in c.items() if k != "margin"}, "reproduced", "lacks"),
     (lambda c: {**c, "method": "C"}, "reproduced", "no metric 'AP' for arm 'C'"),
+    (lambda c: {**c, "floor_values": [0.9, 0.9, 0.9]}, "reproduced", "floor_values are not the record's"),
+    (lambda c: {**c, "floor_metric": "APs"}, "reproduced", "no metric 'APs' for arm 'A'"),
+    (lambda c: {**c, "baseline_floor": 0.5}, "reproduced", "does not follow from the rule"),
 ])
 def test_record_refuses_a_verdict_the_rule_does_not_give(tmp_path, edit, verdict, phrase):
     with pytest.raises(ValueError, match=phrase):
