@@ -1,13 +1,14 @@
 # The study kit's jobs. `make book` and `make test` are the two that matter; both set up
 # .venv first (once: a second run installs nothing).
-SHELL       := /bin/bash
-PYTHON      ?= $(shell command -v python3.11 || command -v python3)
-VENV        := .venv
-BIN         := $(VENV)/bin
-STAMP       := $(VENV)/.kit-installed
-WIDGETS_JS  := book/_static/widgets/embed-amd.js
-MATHJAX_JS  := book/_vendor/mathjax/tex-mml-chtml.js
-KIT_PROFILE ?= auto
+SHELL        := /bin/bash
+PYTHON       ?= $(shell command -v python3.11 || command -v python3)
+VENV         := .venv
+BIN          := $(VENV)/bin
+STAMP        := $(VENV)/.kit-installed
+WIDGETS_JS   := book/_static/widgets/embed-amd.js
+WIDGET_FONTS := book/_static/widgets/fonts.txt
+MATHJAX_JS   := book/_vendor/mathjax/tex-mml-chtml.js
+KIT_PROFILE  ?= auto
 export KIT_PROFILE
 
 .PHONY: setup book test lab study bench check-book clean-book help
@@ -38,6 +39,15 @@ $(WIDGETS_JS):
 	cp .cache/npm/node_modules/requirejs/require.js book/_static/widgets/require.js
 	cp .cache/npm/node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js $(WIDGETS_JS)
 
+# The font files the bundle's widget CSS names (Font Awesome 4, for the widgets' icons), from the
+# same package. book/_static/kit-book.js makes the bundle look for them in _static/widgets/
+# (else it asks next to each page). fonts.txt lists what was copied.
+$(WIDGET_FONTS): $(WIDGETS_JS)
+	@test -d .cache/npm/node_modules/@jupyter-widgets/html-manager || npm install --silent --no-audit --no-fund \
+		--prefix .cache/npm @jupyter-widgets/html-manager@1.0.6 requirejs@2.3.4
+	cd .cache/npm/node_modules/@jupyter-widgets/html-manager/dist && cp *.woff2 *.woff *.ttf $(CURDIR)/book/_static/widgets/ \
+		&& ls *.woff2 *.woff *.ttf > $(CURDIR)/$(WIDGET_FONTS)
+
 # MathJax for the book's equations, vendored the same way (Sphinx would load it from a CDN).
 # Only what the tex-mml-chtml bundle loads: its input extensions, output fonts and menu parts.
 # It goes to book/_vendor (copied as is by html_extra_path), not _static, where Jupyter Book
@@ -47,7 +57,7 @@ $(MATHJAX_JS):
 	npm install --silent --no-audit --no-fund --prefix .cache/npm mathjax@3.2.2
 	cd .cache/npm/node_modules/mathjax/es5 && cp -r tex-mml-chtml.js input output a11y ui adaptors $(CURDIR)/book/_vendor/mathjax/
 
-book: $(STAMP) $(WIDGETS_JS) $(MATHJAX_JS)
+book: $(STAMP) $(WIDGETS_JS) $(WIDGET_FONTS) $(MATHJAX_JS)
 	$(BIN)/python -m kit.book.execute --profile $(KIT_PROFILE)
 	$(BIN)/python -m kit.book.pages
 	$(BIN)/jupyter-book build book/_generated --path-output book --quiet

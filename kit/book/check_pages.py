@@ -7,7 +7,9 @@ Per page, one line: OK, or the faults found. A page fails on
 * a console error or an uncaught exception;
 * a request outside the book (any URL that is not a file under the book's folder);
 * content wider than its column (an element of the article that scrolls horizontally, or
-  sticks out past the article's right edge);
+  sticks out past the article's right edge; not MathJax's assistive MathML, a copy of each
+  formula for screen readers that is clipped to nothing on screen, whose unclipped box can
+  reach past the edge when the formula ends a line);
 * an explorer without its static frames (an explorer marker in the page with no
   ``.kit-explorer-frames`` element next to it);
 * an image shown at less than 90 % of its natural width.
@@ -40,6 +42,7 @@ PAGE_PROBE = r"""
   const wide = [], flagged = [];
   for (const el of article.querySelectorAll('*')) {
     if (flagged.some(f => f.contains(el))) continue;  // one report per overflowing block
+    if (el.closest('mjx-assistive-mml')) continue;  // MathJax's MathML copy for screen readers: clipped, never seen
     const style = getComputedStyle(el);
     if (style.display === 'none' || style.visibility === 'hidden') continue;
     const box = el.getBoundingClientRect();
@@ -139,11 +142,23 @@ class Browser:
         return result["result"].get("value")
 
     def screenshot(self, path: Path) -> None:
+        """The whole page (up to 16000 px): the window is made as tall as the page, then restored.
+
+        Not ``captureBeyondViewport``: with it, Chromium drew the pages taller than the window
+        shifted ~330 px to the left (the navigation gone, the column cut), which no reader sees.
+        """
         import base64
 
-        height = int(self.evaluate("document.documentElement.scrollHeight") or 1000)
-        shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "width": 1280, "height": min(height, 16000), "scale": 1})
+        width, view = self.evaluate("JSON.stringify([innerWidth, innerHeight])").strip("[]").split(",")
+        height = min(int(self.evaluate("document.documentElement.scrollHeight") or 1000), 16000)
+        self.call("Emulation.setDeviceMetricsOverride", width=int(width), height=height, deviceScaleFactor=1, mobile=False)
+        try:
+            time.sleep(0.3)  # let the taller window lay out
+            shot = self.call("Page.captureScreenshot", format="png",
+                             clip={"x": 0, "y": 0, "width": int(width), "height": height, "scale": 1})
+        finally:
+            self.call("Emulation.setDeviceMetricsOverride", width=int(width), height=int(view), deviceScaleFactor=1,
+                      mobile=False)
         path.write_bytes(base64.b64decode(shot["data"]))
 
     def close(self) -> None:

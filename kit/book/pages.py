@@ -121,8 +121,33 @@ def _comparison_text(c: dict, headline: str) -> str:
                  f"(n={c['n_seeds']}{failed}) → {c['verdict']}")
 
 
+def _scoreboard_row(rec: dict, paper: dict, root: Path) -> str:
+    """One paper's row: the page and whether it is stale, the verdict and where it ran, the claim,
+    our numbers per arm, the comparisons behind the verdict, the paper's numbers."""
+    metric = rec["headline"]
+    ours = "<br>".join(f"{_cell(method)}: {_fmt(m[metric], 100)} {_cell(metric)}"
+                       for method, m in rec["metrics"].items())
+    compared = "<br>".join(_comparison_text(c, rec["headline"]) for c in rec.get("comparisons") or []) or "—"
+    theirs = "<br>".join(f"{_cell(k)}: {_cell(v)}" for k, v in rec["paper_numbers"].items())
+    nb = notebook_for(paper, root) if paper.get("chapter") else None
+    if nb is None:
+        page = f"{paper.get('short', '')} (no notebook)"
+    else:
+        state = provenance.status(json.loads(nb.read_text()), rec["profile"], root)
+        link = f"[{paper['short']}](notebooks/{paper['chapter']}/{nb.stem}.ipynb)"
+        page = f"{link} {'(stale)' if state.needs_run else '(up to date)'}"
+    return (f"| **{rec['paper']}** {page} | **{_cell(rec['verdict'])}**<br><small>({rec['profile']}, "
+            f"{_cell(rec['device'])}, {rec['wall_seconds']:.0f} s)</small> | {_cell(rec['claim'])} | {ours} | "
+            f"{compared} | {theirs} |")
+
+
 def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
-    """One row per paper with results: the best profile's record (gpu, else cpu; never smoke)."""
+    """One row per paper with results: the best profile's record (gpu, else cpu; never smoke).
+
+    The rows are grouped by chapter, in book order, one table per chapter (same columns, same
+    widths: see book/_static/kit-book.css). The page asks for the full width (the
+    ``kit-full-width`` marker: the navigation starts collapsed, see book/_static/kit-book.js).
+    """
     by_paper = {}
     for rec in records:
         if rec["profile"] == "smoke":
@@ -130,7 +155,7 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
         best = by_paper.get(rec["paper"])
         if best is None or provenance.PROFILE_RANK[rec["profile"]] > provenance.PROFILE_RANK[best["profile"]]:
             by_paper[rec["paper"]] = rec
-    lines = ["# Scoreboard", "",
+    lines = ["# Scoreboard", "", '<div class="kit-full-width"></div>', "",
              "Every notebook records its results under `results/<profile>/`. This page shows, per paper, "
              "our verdict and where it ran, the claim we tested, our numbers (mean ± std over seeds; "
              "metrics in %), the comparisons behind the verdict, the paper's numbers, and whether the executed page is still "
@@ -140,30 +165,20 @@ def scoreboard_page(records: list[dict], papers: list[dict], root: Path) -> str:
              "paired differences method − baseline over the seeds (the paper's side positive), their "
              "95 % Student-t interval, the practical margin declared before the run and the check that "
              "the mechanism engaged. The *comparisons* column shows them: mean difference [interval] "
-             "(n seeds) → that claim's verdict.", "",
-             "| paper | verdict (ran at) | claim | ours | comparisons | paper's numbers |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "(n seeds) → that claim's verdict."]
+    header = ["| paper | verdict (ran at) | claim | ours | comparisons | paper's numbers |",
+              "| --- | --- | --- | --- | --- | --- |"]
     titles = {p["id"]: p for p in papers}
-    for paper_id in sorted(by_paper):
-        rec = by_paper[paper_id]
+    groups: dict[str, list[str]] = {}  # chapter title -> its rows, in book order
+    order = {chapter: i for i, chapter in enumerate(CHAPTERS)}
+    for paper_id in sorted(by_paper, key=lambda pid: (order.get(titles.get(pid, {}).get("chapter"), len(order)), pid)):
         paper = titles.get(paper_id, {"short": paper_id, "chapter": ""})
-        metric = rec["headline"]
-        ours = "<br>".join(f"{_cell(method)}: {_fmt(m[metric], 100)} {_cell(metric)}"
-                           for method, m in rec["metrics"].items())
-        compared = "<br>".join(_comparison_text(c, rec["headline"]) for c in rec.get("comparisons") or []) or "—"
-        theirs = "<br>".join(f"{_cell(k)}: {_cell(v)}" for k, v in rec["paper_numbers"].items())
-        nb = notebook_for(paper, root) if "chapter" in paper and paper["chapter"] else None
-        if nb is None:
-            page = f"{paper.get('short', '')} (no notebook)"
-        else:
-            state = provenance.status(json.loads(nb.read_text()), rec["profile"], root)
-            link = f"[{paper['short']}](notebooks/{paper['chapter']}/{nb.stem}.ipynb)"
-            page = f"{link} {'(stale)' if state.needs_run else '(up to date)'}"
-        lines.append(f"| **{paper_id}** {page} | **{_cell(rec['verdict'])}**<br>({rec['profile']}, "
-                     f"{_cell(rec['device'])}, {rec['wall_seconds']:.0f} s) | {_cell(rec['claim'])} | {ours} | "
-                     f"{compared} | {theirs} |")
+        title = CHAPTERS[paper["chapter"]][0] if paper.get("chapter") in CHAPTERS else "Other papers"
+        groups.setdefault(title, []).append(_scoreboard_row(by_paper[paper_id], paper, root))
+    for title, rows in groups.items():
+        lines += ["", f"## {title}", ""] + header + rows
     if not by_paper:
-        lines.append("| — | no results recorded yet | | | | |")
+        lines += [""] + header + ["| — | no results recorded yet | | | | |"]
     return "\n".join(lines) + "\n"
 
 
