@@ -338,6 +338,23 @@ class Grid:
     def metrics(self) -> list[str]:
         return [c for c in self.table.columns if c not in ("arm", "seed")]
 
+    def mean(self, arm: str, metric: str) -> float:
+        """The mean over seeds of one arm's metric."""
+        values = list(self.values(arm, metric).values())
+        return sum(values) / len(values)
+
+    def std(self, arm: str, metric: str) -> float:
+        """The sample standard deviation over seeds (0 for one seed)."""
+        values = list(self.values(arm, metric).values())
+        if len(values) < 2:
+            return 0.0
+        mean = sum(values) / len(values)
+        return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+    def mean_std(self, arm: str, metric: str, scale: float = 1.0, digits: int = 1) -> str:
+        """``"31.7 ± 0.2 (n=3)"`` for one arm and metric (:func:`mean_std`)."""
+        return mean_std(self.values(arm, metric).values(), scale, digits)
+
     def summary(self, metrics: Sequence[str] | None = None, scale: Mapping[str, float] | float = 1.0,
                 digits: int = 1) -> pd.DataFrame:
         """mean ± std (n) per arm and metric (``scale``: one factor, or one per metric, e.g. 100 for %)."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from kit import paths
-from kit.data.cache import atomic_write_bytes
+from kit.io import atomic_write_bytes
 from kit.experiment import PAPER_VERDICTS, paper_verdict, signed_differences, t_interval, verdict_of
 
 _PAPER_ID = re.compile(r"^P\d{2}$")

@@ -6,6 +6,7 @@ an op without a deterministic kernel still runs on a GPU).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import warnings
@@ -97,3 +98,18 @@ def setup(seed: int = 0, threads: int | None = None) -> torch.device:
         torch.backends.cudnn.benchmark = False
     seed_everything(seed)
     return device_for()
+
+
+@contextlib.contextmanager
+def evaluating(module: torch.nn.Module, grad: bool = False):
+    """``with evaluating(model):`` puts ``model`` in eval mode (and, unless ``grad``, turns autograd
+    off) for the block, then restores the train/eval mode it had, even when the block raises."""
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"evaluating() takes a torch.nn.Module, got {type(module).__name__}")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            yield module
+    finally:
+        module.train(was_training)

@@ -65,7 +65,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from kit.data.cache import atomic_write_bytes
+from kit.io import atomic_write_bytes
 
 _HEADER = b"kit.train checkpoint v2 sha256="  # then 64 hex digits and a newline, then the payload
 _REQUIRED = ("run_key", "step", "history", "model", "optimizer", "scaler", "rng")
@@ -87,6 +87,32 @@ def epoch_sampler(num_items: int, batch_size: int, seed: int) -> Callable[[int],
         return order[position * batch_size:(position + 1) * batch_size]
 
     return indices
+
+
+def param_groups(model: torch.nn.Module, slow: Callable[[str], bool] | None = None, slow_lr_scale: float = 0.1,
+                 no_decay: Callable[[str, torch.nn.Parameter], bool] | None = None) -> list[dict]:
+    """Optimizer param groups by parameter name: the usual ones, the ``slow`` ones (their learning
+    rate times ``slow_lr_scale``, read by :func:`train`: e.g. DCN offsets, Deformable DETR's
+    sampling offsets, at 0.1) and, if ``no_decay`` is given, those it picks get weight decay 0.
+
+    ``slow(name)`` and ``no_decay(name, parameter)`` are predicates; empty groups are left out.
+    Every trainable parameter is in exactly one group.
+    """
+    if not (isinstance(slow_lr_scale, (int, float)) and not isinstance(slow_lr_scale, bool) and slow_lr_scale > 0):
+        raise ValueError(f"slow_lr_scale must be a number > 0, got {slow_lr_scale!r}")
+    slow = slow or (lambda name: False)
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            key = (bool(slow(name)), bool(no_decay and no_decay(name, parameter)))
+            groups.setdefault(key, []).append(parameter)
+    out = []
+    for (is_slow, is_no_decay), params in sorted(groups.items()):
+        group = {"params": params, "lr_scale": slow_lr_scale if is_slow else 1.0}
+        if is_no_decay:
+            group["weight_decay"] = 0.0
+        out.append(group)
+    return out
 
 
 def warmup_cosine(base_lr: float, iterations: int, warmup: int = 0, final_fraction: float = 0.05):

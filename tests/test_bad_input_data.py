@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 
+from kit import io as kit_io
 from kit import runtime
 from kit.data import cache, shapes
 from kit.data.shapes import ShapeSceneConfig, generate
@@ -121,7 +122,7 @@ def test_a_killed_writers_orphan_is_cleaned_on_the_next_write(tmp_path):
         path.write_bytes(b"half")
     hour_ago = time.time() - 3600
     os.utime(old_style, (hour_ago, hour_ago))
-    cache.atomic_write_bytes(target, b"whole")
+    kit_io.atomic_write_bytes(target, b"whole")
     assert target.read_bytes() == b"whole"
     assert not orphan.exists() and not old_style.exists()
     assert live.exists() and fresh_old_style.exists() and other.exists()
@@ -132,7 +133,7 @@ def test_a_read_only_data_folder_warns_and_returns_the_data(tmp_path, monkeypatc
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cache.tempfile, "mkstemp", read_only)  # as a read-only folder answers (root ignores chmod)
+    monkeypatch.setattr(kit_io.tempfile, "mkstemp", read_only)  # as a read-only folder answers (root ignores chmod)
     with pytest.warns(UserWarning, match="could not write the cache entry .*Permission denied"):
         entry = cache.cached("t", {"a": 1}, lambda: {"x": torch.arange(3)}, folder=tmp_path)
     assert torch.equal(entry["x"], torch.arange(3)) and not list(tmp_path.iterdir())

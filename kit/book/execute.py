@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kit import paths
 from kit.book import provenance
-from kit.data.cache import atomic_write_bytes
+from kit.io import atomic_write_bytes
 from kit.profiles import resolve
 
 PROBE = """\

@@ -10,20 +10,15 @@ The key of an entry hashes the generator's parameters *and its source code*
 (:func:`source_hash`), so editing a generator regenerates its data. A writer killed between
 creating its temporary file and moving it into place leaves an orphan
 ``.<name>.<pid>.<random>.tmp``; the next write to the same path deletes the orphans whose
-writer is no longer running (:func:`_remove_orphans`). A folder that cannot be written (a
+writer is no longer running (:func:`kit.io.remove_orphans`). A folder that cannot be written (a
 read-only checkout) is not an error: :func:`cached` warns and returns the data it built.
 """
 from __future__ import annotations
 
 import ast
-import glob
 import hashlib
 import io
 import json
-import os
-import re
-import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping
@@ -31,11 +26,7 @@ from typing import Callable, Mapping
 import torch
 
 from kit import paths
-
-# Temporary files left by writers that used a random name without a pid (before the pid was
-# part of the name) are deleted once they are this old: no write of bytes takes minutes.
-ORPHAN_AGE_SECONDS = 15 * 60
-
+from kit.io import atomic_write_bytes
 
 def params_key(params: Mapping) -> str:
     """A short stable hash of JSON-serialisable parameters (the cache key)."""
@@ -85,71 +76,6 @@ def source_hash(module: str, folder: Path | None = None) -> str:
     for name in sorted(seen):  # (file name, bytes) pairs in a fixed order
         digest.update(name.encode() + b"\0" + (folder / f"{name.rsplit('.', 1)[-1]}.py").read_bytes() + b"\0")
     return digest.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (signal 0 checks without signalling)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: alive but someone else's; anything else: assume alive
-        return True
-    return True
-
-
-def _remove_orphans(path: Path) -> None:
-    """Delete the temporary files of earlier writes to ``path`` whose writer is gone.
-
-    A live writer's file is never touched: new-style names carry the writer's pid
-    (``.<name>.<pid>.<random>.tmp``) and are removed only when that pid no longer runs;
-    old-style names (``.<name>.<random>.tmp``) only once older than :data:`ORPHAN_AGE_SECONDS`.
-    """
-    name = re.escape(path.name)
-    with_pid = re.compile(rf"^\.{name}\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
-    without_pid = re.compile(rf"^\.{name}\.[A-Za-z0-9_]{{8}}\.tmp$")
-    try:
-        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
-    except OSError:
-        return
-    for candidate in candidates:
-        match = with_pid.match(candidate.name)
-        try:
-            if match:
-                orphan = int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1)))
-            else:
-                orphan = bool(without_pid.match(candidate.name)) and (
-                    time.time() - candidate.stat().st_mtime > ORPHAN_AGE_SECONDS)
-            if orphan:
-                candidate.unlink()
-        except OSError:  # gone already, or not ours to delete: leave it
-            pass
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never half.
-
-    The bytes go to ``.<name>.<pid>.<random>.tmp`` beside ``path`` and are moved into place;
-    orphans of killed earlier writers are removed first (see :func:`_remove_orphans`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _sha256(payload: bytes) -> str:
