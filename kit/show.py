@@ -2,7 +2,10 @@
 
 ``source(obj)`` displays the source as a highlighted Python block (Markdown, so the book
 renders it like any code), headed by the module it lives in. What the reader sees is the
-code the notebook calls, not a copy that could drift.
+code the notebook calls, not a copy that could drift. Each block carries, in its output
+metadata, the module and qualified name it shows (``{"kit_source": {"module", "qualname"}}``):
+the book's provenance hashes exactly that source, so the page goes stale when what it shows
+changes, comments and docstrings included (:mod:`kit.book.provenance`).
 """
 from __future__ import annotations
 
@@ -27,4 +30,5 @@ def source(*objects):
     for obj in objects:
         module, code = source_text(obj)
         name = getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj)))
-        display(Markdown(f"**`{module}.{name}`**\n\n```python\n{code}\n```"))
+        display(Markdown(f"**`{module}.{name}`**\n\n```python\n{code}\n```"),
+                metadata={"kit_source": {"module": module, "qualname": name}})

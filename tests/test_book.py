@@ -51,6 +51,56 @@ def test_status_fresh_then_stale_on_code_module_and_profile(tmp_path):
         provenance.status(nb, "laptop", root)
 
 
+THING = '''"""A module."""
+import math
+
+
+def shown(x):
+    """Shown on the page."""
+    return math.sqrt(x)  # a comment
+
+
+class Helper:
+    def method(self):
+        return 1
+'''
+
+
+def test_module_hash_follows_the_code_not_its_comments_or_docstrings():
+    base = provenance.code_fingerprint(THING)
+    cosmetic = THING.replace("# a comment", "# another comment").replace("Shown on the page.", "Reworded.")
+    cosmetic = cosmetic.replace('"""A module."""', '"""A module,\n\nre-documented."""').replace("import math", "\nimport math")
+    assert provenance.code_fingerprint(cosmetic) == base
+    assert provenance.code_fingerprint(THING.replace("math.sqrt(x)", "math.sqrt(x + 0)")) != base
+    assert provenance.code_fingerprint(THING.replace("return 1", "return 2")) != base
+    # a function whose only statement is its docstring still differs from one that returns something
+    assert provenance.code_fingerprint("def f():\n    'doc'\n") != provenance.code_fingerprint("def f():\n    return 0\n")
+
+
+def test_a_page_goes_stale_when_the_source_it_shows_changes_and_only_then(tmp_path):
+    root = make_root(tmp_path)
+    module = root / "kit" / "det" / "thing.py"
+    module.write_text(THING)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("show.source(thing.shown, thing.Helper.method)")]
+    nb.cells[0].outputs = [nbformat.v4.new_output("display_data", {"text/markdown": "..."},
+                                                  metadata={"kit_source": {"module": "kit.det.thing", "qualname": q}})
+                           for q in ("shown", "Helper.method")]
+    nb.metadata["kit"] = {"profile": "cpu", "code_sha256": provenance.code_hash(nb),
+                          "modules": provenance.modules_hashes(["kit.det.thing"], root),
+                          "shown": provenance.shown_hashes(nb, root)}
+    assert set(nb.metadata["kit"]["shown"]) == {"kit.det.thing:shown", "kit.det.thing:Helper.method"}
+    assert provenance.status(nb, "cpu", root).state == "fresh"
+    module.write_text(THING.replace('"""A module."""', '"""A module, re-documented."""'))  # not shown: fresh
+    assert provenance.status(nb, "cpu", root).state == "fresh"
+    module.write_text(THING.replace("Shown on the page.", "Shown, reworded."))  # shown docstring: stale
+    assert provenance.status(nb, "cpu", root).reasons == ["the source it shows, kit.det.thing.shown, changed"]
+    module.write_text(THING.replace("class Helper", "class Renamed"))
+    reasons = provenance.status(nb, "cpu", root).reasons
+    assert "module kit.det.thing changed" in reasons
+    assert "the source it shows, kit.det.thing.Helper.method, no longer exists" in reasons
+
+
 def test_pages_build_chapters_toc_banner_and_scoreboard(tmp_path):
     root = make_root(tmp_path)
     (root / "results" / "cpu").mkdir(parents=True)
@@ -85,14 +135,16 @@ def test_every_paper_has_a_known_chapter():
 
 def test_execute_runs_a_notebook_and_records_provenance(tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("import kit.det.boxes\nimport os\nprint(os.environ['KIT_PROFILE'])")]
+    nb.cells = [nbformat.v4.new_code_cell("import kit.det.boxes\nimport os\nprint(os.environ['KIT_PROFILE'])"),
+                nbformat.v4.new_code_cell("from kit import show\nshow.source(show.source_text)")]
     path = tmp_path / "n.ipynb"
     nbformat.write(nb, path)
     meta = execute.execute(path, "smoke", timeout=120)
     done = nbformat.read(path, as_version=4)
-    assert len(done.cells) == 1 and done.cells[0].outputs[0]["text"].strip() == "smoke"
+    assert len(done.cells) == 2 and done.cells[0].outputs[0]["text"].strip() == "smoke"
     assert meta["profile"] == "smoke" and "kit.det.boxes" in meta["modules"]
     assert not any(m.startswith("kit.book") for m in meta["modules"])
+    assert list(meta["shown"]) == ["kit.show:source_text"]
     assert provenance.status(done, "smoke").state == "fresh"
 
 

@@ -81,6 +81,7 @@ def execute(path: Path, profile: str, timeout: int = 1800) -> dict:
         "wall_seconds": round(wall, 1),
         "code_sha256": provenance.code_hash(notebook),
         "modules": provenance.modules_hashes(probe["modules"]),
+        "shown": provenance.shown_hashes(notebook),
     }
     notebook.metadata["kit"] = meta
     atomic_write_bytes(path, nbformat.writes(notebook).encode())
