@@ -230,3 +230,21 @@ def test_page_checker_names_every_kind_of_fault(tmp_path):
                       "explorer without static frames (1 explorer(s), 0 frame set(s))"]
     clean = {"wide": [], "shrunk": [], "explorers": 1, "frames": 1, "height": 100}
     assert check_pages.faults_of(events[:1], clean, book) == []
+
+
+def test_the_book_folds_source_display_and_figure_code_but_not_the_rest():
+    def code(source, outputs=(), tags=()):
+        return {"cell_type": "code", "source": source, "metadata": {"tags": list(tags)}, "outputs": list(outputs)}
+
+    figure = {"output_type": "display_data", "data": {"image/png": "iVBOR", "text/plain": "<Figure>"}}
+    explorer = {"output_type": "display_data", "data": {"text/html": "<div class='kit-explorer'>…</div>"}}
+    printed = {"output_type": "stream", "name": "stdout", "text": "AP 0.31\n"}
+    long_draw = "fig, ax = plt.subplots()\nax.plot(x)\nax.set_title('t')\nax.legend()\n"
+    assert pages.folds_its_code(code("show.source(atss.atss_loss)"))
+    assert pages.folds_its_code(code("show.source(a.f,\n            a.g)"))
+    assert pages.folds_its_code(code(long_draw, [figure]))
+    assert pages.folds_its_code(code(long_draw, [explorer]))
+    assert not pages.folds_its_code(code("draw(0)", [figure]))  # a one-line call says what it draws
+    assert not pages.folds_its_code(code(long_draw, [printed]))  # the experiment's code stays open
+    assert not pages.folds_its_code(code(long_draw, [figure], tags=["show-input"]))
+    assert not pages.folds_its_code({"cell_type": "markdown", "source": "show.source(x)", "metadata": {}})

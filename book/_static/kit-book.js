@@ -19,6 +19,10 @@
  * its header inside the column instead of sticking out of it. 4. A page that asks for the full
  * width (a <div class="kit-full-width"> in it: the scoreboard) opens with the navigation
  * collapsed, as the header's menu button would leave it; the same button brings it back.
+ *
+ * And the explorers (kit.viz.explorer): 5. each .kit-explorer holds its frames, drawn when the
+ * notebook ran, as JSON keyed by the controls' positions ("2,0"); moving a control shows the
+ * frame for the new positions, and its label the value. No kernel, no request.
  */
 (function () {
   "use strict";
@@ -76,5 +80,24 @@
   document.addEventListener("DOMContentLoaded", function () {
     var navigation = document.getElementById("pst-primary-sidebar");
     if (navigation && document.querySelector(".kit-full-width")) navigation.classList.add("pst-sidebar-hidden");
+  });
+
+  // 5. Explorers: precomputed frames swapped as the controls move.
+  function wireExplorer(box) {
+    var frames = JSON.parse(box.querySelector("script.kit-explorer-frames").textContent);
+    var image = box.querySelector("img.kit-explorer-image");
+    var controls = box.querySelectorAll("[data-kit-control]");
+    function show() {
+      var key = Array.prototype.map.call(controls, function (control) { return control.value; }).join(",");
+      controls.forEach(function (control) {
+        var label = control.parentNode.querySelector("output");
+        if (label) label.textContent = JSON.parse(control.dataset.labels)[control.value];
+      });
+      if (frames[key]) image.src = frames[key];
+    }
+    controls.forEach(function (control) { control.addEventListener("input", show); });
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll(".kit-explorer").forEach(wireExplorer);
   });
 })();

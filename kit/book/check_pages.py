@@ -10,8 +10,8 @@ Per page, one line: OK, or the faults found. A page fails on
   sticks out past the article's right edge; not MathJax's assistive MathML, a copy of each
   formula for screen readers that is clipped to nothing on screen, whose unclipped box can
   reach past the edge when the formula ends a line);
-* an explorer without its static frames (an explorer marker in the page with no
-  ``.kit-explorer-frames`` element next to it);
+* an explorer without its static frames (a ``.kit-explorer`` without two or more precomputed
+  frames in it, or a live widget panel, which cannot respond without a kernel);
 * an image shown at less than 90 % of its natural width.
 
 Chromium is driven over the DevTools protocol (``websocket-client``, already a dependency of
@@ -59,13 +59,19 @@ PAGE_PROBE = r"""
   const shrunk = [];
   for (const img of article.querySelectorAll('img')) {
     if (!img.naturalWidth || !img.complete) { shrunk.push(`${img.src.split('/').pop()} (not loaded)`); continue; }
-    const ratio = img.getBoundingClientRect().width / img.naturalWidth;
+    // the size it was laid out for: its width attribute (a 2x PNG says half its pixels), else
+    // its pixels over data-density, else its pixels
     const density = (img.dataset && img.dataset.density) ? parseFloat(img.dataset.density) : 1;
-    if (ratio * density < 0.9) shrunk.push(`${img.src.split('/').pop().slice(0, 24)} (${Math.round(100 * ratio * density)} %)`);
+    const intended = img.getAttribute('width') ? parseFloat(img.getAttribute('width')) : img.naturalWidth / density;
+    const ratio = img.getBoundingClientRect().width / intended;
+    if (ratio < 0.9) shrunk.push(`${img.src.split('/').pop().slice(0, 24)} (${Math.round(100 * ratio)} %)`);
   }
-  const explorers = article.querySelectorAll('.kit-explorer, [data-kit-explorer]').length
-    + [...article.querySelectorAll('i')].filter(i => i.textContent.startsWith('Explorer:')).length;
-  const frames = article.querySelectorAll('.kit-explorer-frames').length;
+  // explorers: the book's (.kit-explorer), plus any live widget panel left in the page, which
+  // cannot respond without a kernel; a set of frames counts when it holds two or more.
+  const explorers = article.querySelectorAll('.kit-explorer, .widget-interact').length
+    + [...article.querySelectorAll('i')].filter(i => i.textContent.startsWith('Explorer: move')).length;
+  const frames = [...article.querySelectorAll('.kit-explorer script.kit-explorer-frames')]
+    .filter(s => { try { return Object.keys(JSON.parse(s.textContent)).length >= 2; } catch (e) { return false; } }).length;
   return JSON.stringify({wide: [...new Set(wide)].slice(0, 6), shrunk, explorers, frames,
                          height: document.documentElement.scrollHeight});
 })()

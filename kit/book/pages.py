@@ -72,9 +72,38 @@ def banner(notebook: dict, root: Path | None = None) -> str:
     return f"```{{note}}\n{text}\n```"
 
 
+def _joined(text) -> str:
+    return "".join(text) if isinstance(text, list) else str(text)
+
+
+def folds_its_code(cell: dict) -> bool:
+    """Whether the book folds a code cell's source (one click opens it): the story first.
+
+    Folded: a cell that only displays kit source (``show.source``: the folded source is its
+    output), and a cell of more than three lines whose output is a figure or an explorer, where
+    the prose around it carries the point. The notebook itself is unchanged; a cell tagged
+    ``show-input`` is never folded.
+    """
+    if cell.get("cell_type") != "code" or "show-input" in cell.get("metadata", {}).get("tags", []):
+        return False
+    code = [line for line in _joined(cell.get("source", "")).splitlines() if line.strip()]
+    # show.source(...) calls, possibly continued over lines
+    if code and all(line.lstrip().startswith("show.source(") or line.startswith((" ", ")")) for line in code):
+        return True
+    draws = any("image/png" in output.get("data", {})
+                or "kit-explorer" in _joined(output.get("data", {}).get("text/html", ""))
+                for output in cell.get("outputs", []))
+    return draws and len(code) > 3
+
+
 def copy_notebook(source: Path, target: Path, root: Path | None = None) -> None:
     notebook = json.loads(source.read_text())
     shown = copy.deepcopy(notebook)
+    for cell in shown["cells"]:
+        if folds_its_code(cell):
+            tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+            if "hide-input" not in tags:
+                tags.append("hide-input")
     cell = {"cell_type": "markdown", "id": "kit-provenance-banner", "metadata": {}, "source": banner(notebook, root)}
     shown["cells"].insert(1 if shown["cells"] else 0, cell)
     target.parent.mkdir(parents=True, exist_ok=True)
