@@ -23,6 +23,9 @@
  * And the explorers (kit.viz.explorer): 5. each .kit-explorer holds its frames, drawn when the
  * notebook ran, as JSON keyed by the controls' positions ("2,0"); moving a control shows the
  * frame for the new positions, and its label the value. No kernel, no request.
+ * 6. Search: Sphinx's result snippets are the text of the page's HTML, where formulas are
+ * still TeX source (MathJax typesets them only on the page itself); the snippets drop
+ * formulas, each replaced by an ellipsis, and the kit source folded on a page.
  */
 (function () {
   "use strict";
@@ -100,4 +103,20 @@
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll(".kit-explorer").forEach(wireExplorer);
   });
+
+  // 6. Search snippets without TeX source.
+  function plainSnippets() {
+    if (typeof Search === "undefined" || !Search.htmlToText || Search.htmlToText.kitPlain) return;
+    var htmlToText = Search.htmlToText;
+    Search.htmlToText = function (htmlString, anchor) {
+      var page = new DOMParser().parseFromString(htmlString, "text/html");
+      page.querySelectorAll(".math, mjx-container, details.kit-source").forEach(function (el) {
+        el.replaceWith(page.createTextNode(" … "));
+      });
+      return htmlToText(page.documentElement.outerHTML, anchor);
+    };
+    Search.htmlToText.kitPlain = true;
+  }
+  plainSnippets();
+  document.addEventListener("DOMContentLoaded", plainSnippets);
 })();
