@@ -10,19 +10,17 @@ import torch
 
 from kit.data.shapes import ShapeSceneConfig, generate
 from kit.det import atss, tood
-from kit.det.detector import DenseDetector
+from kit.det.detector import dense_detector
 from kit.runtime import available_cores
 
 
 def time_steps(method: str, images, boxes, labels, repeats: int = 10) -> float:
-    torch.manual_seed(0)
-    head = atss.ATSSHead(6, 64, 64, stacked_convs=2) if method == "ATSS" else tood.TOODHead(6, 64, 64, stacked_convs=3)
-    model = DenseDetector(head, fpn_channels=64)
+    head_class = {"ATSS": atss.ATSSHead, "TOOD": tood.TOODHead}[method]
+    model = dense_detector(head_class, 6, 64, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step():
-        out = model(images)
-        losses = atss.atss_loss(out, boxes, labels) if method == "ATSS" else tood.tood_loss(out, boxes, labels, warmup=False)
+        losses = model.loss(images, boxes, labels)  # TOOD: TAL (after its warm-up)
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()

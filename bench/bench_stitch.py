@@ -47,17 +47,16 @@ def main() -> None:
         print(f"{f'list of {4 * batch} mixed <= {size} px':<34}{f'{batch} x 3 x {size} x {size}':<22}{ms:>10.2f}")
 
     # Against the step it feeds: a dense detector (ATSS head) forward + backward at 96 px, batch 16.
-    from kit.det.atss import ATSSHead, atss_loss
-    from kit.det.detector import DenseDetector
+    from kit.det.atss import ATSSHead
+    from kit.det.detector import dense_detector
 
-    torch.manual_seed(0)
-    model = DenseDetector(ATSSHead(6))
+    model = dense_detector(ATSSHead, 6, 64, seed=0)
     images = torch.rand(64, 3, 96, 96)
     boxes, labels = targets(64, 96)
     stitched, s_boxes, s_labels = stitch4(images, boxes, labels)
 
     def step():
-        loss = sum(atss_loss(model(stitched), s_boxes, s_labels).values())
+        loss = sum(model.loss(stitched, s_boxes, s_labels).values())
         loss.backward()
 
     step_ms = median_ms(step, repeats=5)

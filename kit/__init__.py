@@ -8,7 +8,8 @@ the notebooks that use it as stale.
 Layers
 ------
 Read bottom-up; a module imports only from its own layer or the layers below it, and never a
-private (``_``-prefixed) name of another module (``tests/test_layering.py`` checks both):
+private (``_``-prefixed) name of another module; a module over 300 lines says why in a docstring
+line starting "Long because" (``tests/test_layering.py`` checks all three):
 
 1. ``kit.paths``, ``kit.profiles``, ``kit.runtime``, ``kit.io`` — where things are, which scale,
    threads and seeds, atomic writes.
@@ -18,8 +19,9 @@ private (``_``-prefixed) name of another module (``tests/test_layering.py`` chec
 4. ``kit.det``, ``kit.seg`` — detectors and segmenters, one paper's mechanism per module.
 5. ``kit.analysis`` (effective receptive fields, sampling points), ``kit.eval`` (COCO AP, mIoU,
    recall).
-6. ``kit.train``, ``kit.experiment``, ``kit.results``, ``kit.hpo`` — the training loop, the
-   verdict rule over paired seeds, the results records, hyper-parameter search.
+6. ``kit.train``, ``kit.checkpoint``, ``kit.experiment``, ``kit.verdicts``, ``kit.results``,
+   ``kit.hpo`` — the training loop and its resumable checkpoints, the grid of runs, the verdict
+   rule over paired seeds, the results records, hyper-parameter search.
 7. ``kit.viz``, ``kit.show`` — figures, explorers, rendered source.
 8. ``kit.notebook`` — what every page does first; ``kit.book`` — executing notebooks and
    building the book (not notebook code).

@@ -18,6 +18,8 @@ import os
 from types import SimpleNamespace
 from typing import Any, Mapping
 
+# The profiles, smallest scale first: the one list of them (kit.results checks records against it;
+# a record of a later profile outranks an earlier one).
 PROFILES = ("smoke", "cpu", "gpu")
 _VALID = PROFILES + ("auto",)
 

@@ -20,10 +20,11 @@ import torch
 
 from kit import paths
 from kit.io import atomic_write_bytes
-from kit.experiment import PAPER_VERDICTS, paper_verdict, signed_differences, t_interval, verdict_of
+from kit.profiles import PROFILES
+from kit.verdicts import PAPER_VERDICTS, paper_verdict, signed_differences, t_interval, verdict_of
 
 _PAPER_ID = re.compile(r"^P\d{2}$")
-# The kit's verdicts (kit.experiment), plus "no claim tested" for a page that measures without a claim.
+# The kit's verdicts (kit.verdicts), plus "no claim tested" for a page that measures without a claim.
 VERDICTS = PAPER_VERDICTS + ("no claim tested",)
 _COMPARISON_FIELDS = ("claim", "baseline", "method", "metric", "direction", "margin", "n_seeds", "seeds",
                       "baseline_values", "method_values", "difference_mean", "interval_95", "engaged", "verdict")
@@ -84,11 +85,11 @@ def _check_record_inputs(seeds, metrics, paper_numbers, wall_seconds) -> None:
 
 
 def check_comparisons(comparisons: list, verdict: str, seeds: list, metrics: dict) -> None:
-    """A record's comparisons must be what :func:`kit.experiment.compare` makes of its own metrics.
+    """A record's comparisons must be what :func:`kit.verdicts.compare` makes of its own metrics.
 
     Each comparison's values are the record's per-seed values of its arms; its mean difference,
     interval and verdict are recomputed with the kit's rule; the paper's verdict must be
-    :func:`kit.experiment.paper_verdict` of them. A record cannot carry a verdict the rule does
+    :func:`kit.verdicts.paper_verdict` of them. A record cannot carry a verdict the rule does
     not give.
     """
     if not isinstance(comparisons, list) or not comparisons:
@@ -161,14 +162,14 @@ def record(paper: str, profile: str, device, seeds: list[int], metrics: dict, cl
     metric the scoreboard shows (must be in every method), a fraction in [0, 1] (AP, mIoU,
     accuracy; the scoreboard prints it in %). verdict: one of :data:`VERDICTS`. seeds must be
     distinct ints; values, ``paper_numbers`` and ``wall_seconds`` finite (the file is standard
-    JSON: no NaN or Infinity). comparisons: one :func:`kit.experiment.compare` result per declared
+    JSON: no NaN or Infinity). comparisons: one :func:`kit.verdicts.compare` result per declared
     claim, required for every verdict but ``no claim tested``; the verdict must follow from them by
     the kit's rule (:func:`check_comparisons`).
     """
     if not _PAPER_ID.match(paper):
         raise ValueError(f"paper must look like 'P01', got {paper!r}")
-    if profile not in ("smoke", "cpu", "gpu"):
-        raise ValueError(f"profile must be smoke, cpu or gpu, got {profile!r}")
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
     _check_record_inputs(seeds, metrics, paper_numbers, wall_seconds)

@@ -113,3 +113,8 @@ def evaluating(module: torch.nn.Module, grad: bool = False):
             yield module
     finally:
         module.train(was_training)
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """The number of parameters of ``module`` (only those with ``requires_grad`` if ``trainable_only``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

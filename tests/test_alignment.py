@@ -1,6 +1,7 @@
+import math
+
 import pytest
 import torch
-from scipy.stats import kendalltau
 
 from kit.eval.alignment import kendall_tau, misalignment
 
@@ -26,7 +27,19 @@ def test_objects_without_priors_inside_are_skipped():
         misalignment(torch.rand(2, 2), torch.zeros(1, 4), points, gt, torch.tensor([0, 1]))
 
 
-def test_kendall_tau_is_scipys():
-    x, y = torch.rand(30), torch.rand(30)
-    assert kendall_tau(x, y) == pytest.approx(kendalltau(x.numpy(), y.numpy()).statistic)
-    assert kendall_tau(x, x) == pytest.approx(1.0)
+def test_misalignment_refuses_what_would_pick_a_wrong_prior():
+    points = torch.tensor([[5.0, 5.0], [15.0, 5.0]])
+    gt, boxes = torch.tensor([[0.0, 0.0, 20.0, 10.0]]), torch.tensor([[0.0, 0.0, 12.0, 10.0]] * 2)
+    with pytest.raises(ValueError, match="non-finite"):  # argmax would take the NaN as the best score
+        misalignment(torch.tensor([[float("nan")], [0.2]]), boxes, points, gt, torch.tensor([0]))
+    with pytest.raises(ValueError, match="no -1 padding"):  # -1 would read the last class's scores
+        misalignment(torch.rand(2, 3), boxes, points, gt, torch.tensor([-1]))
+
+
+def test_kendall_tau_counts_concordant_pairs():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    # one discordant pair (2, 3) of six: tau = (5 - 1) / 6
+    assert kendall_tau(x, torch.tensor([1.0, 3.0, 2.0, 4.0])) == pytest.approx(2 / 3)
+    assert kendall_tau(x, -x) == pytest.approx(-1.0)
+    assert kendall_tau(x, x.exp()) == pytest.approx(1.0)  # ranks only: any increasing map
+    assert math.isnan(kendall_tau(x[:1], x[:1]))

@@ -1,12 +1,17 @@
+"""The label assigners against slow loop versions of mmdetection's, and their invariants.
+
+:func:`scene` is shared with tests/test_hps.py (HPS-Det's top-k rule on the same inputs).
+"""
 import pytest
 import torch
 from torchvision.ops import box_iou
 
-from kit.det.assigners import alignment_metric, atss_assign, max_iou_assign, task_aligned_assign
+from kit.det.assigners import Assignment, alignment_metric, atss_assign, max_iou_assign, task_aligned_assign
 from kit.det.priors import point_priors
 
 
 def scene(seed=0, num_gt=5, size=96, num_classes=4):
+    """Priors of a 96 px image, ``num_gt`` random objects, random scores and predicted boxes."""
     g = torch.Generator().manual_seed(seed)
     priors = point_priors([(12, 12), (6, 6), (3, 3)], [8, 16, 32])
     xy = torch.rand(num_gt, 2, generator=g) * size * 0.6
@@ -71,10 +76,11 @@ def atss_reference(anchors, num_per_level, gt, topk):
 @pytest.mark.parametrize("seed", range(4))
 def test_task_aligned_assign_matches_the_loop_reference(seed):
     priors, gt, labels, scores, pred = scene(seed)
-    assigned, alignment = task_aligned_assign(scores, pred, priors.points, gt, labels, topk=13)
+    assignment = task_aligned_assign(scores, pred, priors.points, gt, labels, topk=13)
     ref_assigned, ref_alignment = tal_reference(scores, pred, priors.points, gt, labels, 13, 1.0, 6.0)
-    assert torch.equal(assigned, ref_assigned)
-    assert torch.allclose(alignment, ref_alignment, atol=1e-7)
+    assert isinstance(assignment, Assignment)
+    assert torch.equal(assignment.gt_index, ref_assigned)
+    assert torch.allclose(assignment.overlap, ref_alignment, atol=1e-7)  # the metric t it ranked by
 
 
 def test_task_aligned_assign_invariants():
@@ -133,6 +139,7 @@ def test_atss_matches_the_loop_reference(seed):
     assert torch.equal(assigned, atss_reference(anchors, priors.num_per_level, gt, 9))
     pos = assigned >= 0
     assert torch.allclose(iou[pos], box_iou(anchors, gt)[pos.nonzero().flatten(), assigned[pos]])
+    assert (iou[~pos] == 0).all()  # the overlap is with the assigned object: none for background
 
 
 def test_atss_positives_lie_inside_and_number_at_most_k_per_level():
@@ -157,9 +164,12 @@ def test_atss_rejects_bad_level_counts():
 def test_max_iou_assign_thresholds():
     anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 4.5], [50, 50, 60, 60], [20, 20, 30, 30]])
     gt = torch.tensor([[0.0, 0, 10, 10], [21.0, 21, 31, 36]])
-    assigned, max_iou = max_iou_assign(anchors, gt, pos_iou=0.5, neg_iou=0.4)
+    assigned, max_iou = max_iou_assign(anchors, gt, pos_iou_threshold=0.5, neg_iou_threshold=0.4)
     # IoUs with gt 0: 1.0, 0.6, 0.45 (ignored band), 0 (negative); anchor 4 is gt 1's best match.
     assert assigned.tolist() == [0, 0, -2, -1, 1]
     assert torch.allclose(max_iou[:3], torch.tensor([1.0, 0.6, 0.45]))
-    with pytest.raises(ValueError, match="neg_iou"):
-        max_iou_assign(anchors, gt, pos_iou=0.3, neg_iou=0.4)
+    # without low-quality matching anchor 4 (IoU 0.48 with gt 1) stays in the ignored band
+    plain = max_iou_assign(anchors, gt, 0.5, 0.4, match_low_quality=False)
+    assert plain.gt_index.tolist() == [0, 0, -2, -1, -2]
+    with pytest.raises(ValueError, match="neg_iou_threshold"):
+        max_iou_assign(anchors, gt, pos_iou_threshold=0.3, neg_iou_threshold=0.4)

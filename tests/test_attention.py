@@ -8,7 +8,8 @@ import torch
 from kit.nn.dcal import DCAL, random_partners, uncertainty_weighted
 from kit.nn.vit import TinyViT
 from kit.ops.attention import (MultiHeadAttention, attention_rollout, class_token_map, class_token_scores,
-                               discard_lowest, top_tokens)
+                               discard_lowest, recording, top_tokens)
+from kit.ops.ms_deform_attn import MSDeformAttn
 
 
 def random_attention(batch, heads, tokens, generator):
@@ -40,17 +41,18 @@ def reference_rollout(attentions, head_fusion, discard_ratio):
 # --------------------------------------------------------------------------- attention
 
 
-def test_attention_matches_the_formula_and_records_its_map():
+def test_attention_matches_the_formula_and_returns_its_map():
     torch.manual_seed(0)
     attn = MultiHeadAttention(16, 4).double()
     x = torch.randn(2, 5, 16, dtype=torch.float64)
-    out = attn(x)
+    out, returned = attn(x, return_attention=True)
     q, k, v = (m(x).view(2, 5, 4, 4).transpose(1, 2) for m in (attn.query, attn.key, attn.value))
     weights = torch.softmax(q @ k.transpose(-2, -1) / 2.0, -1)  # sqrt(head_dim = 4) = 2
     expected = attn.proj((weights @ v).transpose(1, 2).reshape(2, 5, 16))
     torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(attn.last_attention, weights)
-    assert not attn.last_attention.requires_grad
+    torch.testing.assert_close(attn(x), expected)  # without the flag: the output alone
+    torch.testing.assert_close(returned, weights)
+    assert not returned.requires_grad
 
 
 def test_cross_attention_shapes_and_duplicated_context_equals_self_attention():
@@ -59,10 +61,16 @@ def test_cross_attention_shapes_and_duplicated_context_equals_self_attention():
     x = torch.randn(3, 6, 8, dtype=torch.float64)
     # PWCA with I2 = I1: duplicated keys leave every softmax-weighted mean unchanged.
     alone = attn(x)
-    torch.testing.assert_close(attn(x, torch.cat([x, x], 1)), alone)
-    assert attn.last_attention.shape == (3, 2, 6, 12)
-    # GLCA: 2 queries against 6 keys.
-    assert attn(x[:, :2], x).shape == (3, 2, 8) and attn.last_attention.shape == (3, 2, 2, 6)
+    doubled, weights = attn(x, torch.cat([x, x], 1), return_attention=True)
+    torch.testing.assert_close(doubled, alone)
+    # one softmax over the 12 keys: each copy of a key gets half its single-context weight
+    _, single = attn(x, return_attention=True)
+    torch.testing.assert_close(weights[..., :6], single / 2)
+    torch.testing.assert_close(weights[..., 6:], single / 2)
+    # GLCA: 2 queries against 6 keys; each query's row is the same as in full self-attention.
+    out, weights = attn(x[:, :2], x, return_attention=True)
+    torch.testing.assert_close(out, alone[:, :2])
+    torch.testing.assert_close(weights, single[:, :, :2])
 
 
 def test_attention_rejects_bad_shapes():
@@ -211,7 +219,11 @@ def test_pwca_with_itself_as_partner_equals_sa_and_shares_weights():
     images = torch.rand(3, 3, 16, 16, dtype=torch.float64)
     out = model(images, partner=torch.arange(3))
     torch.testing.assert_close(out["pwca"], out["sa"])
-    assert model.vit.blocks[-1].attn.last_attention.shape == (3, 2, 17, 34)  # one softmax over 2T keys
+    states, _ = model.vit.encode(images)
+    joined = torch.cat([states[-2], states[-2][torch.arange(3)]], dim=1)
+    _, attention = model.vit.blocks[-1](states[-2], context=joined, return_attention=True)
+    assert attention.shape == (3, 2, 17, 34)  # one softmax over 2T keys
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3, 2, 17, dtype=torch.float64))
     # Inference never runs PWCA, and it adds no parameters beyond its uncertainty weight.
     assert "pwca" not in model(images)
     baseline = sum(p.numel() for p in small_vit().parameters())
@@ -245,6 +257,29 @@ def test_partners_and_dcal_arguments():
         random_partners(1)
     with pytest.raises(ValueError, match="local_ratio"):
         DCAL(small_vit(), local_ratio=0.0)
+
+
+def test_recording_keeps_maps_only_inside_the_block_and_restores_the_flag():
+    torch.manual_seed(0)
+    attn = MSDeformAttn(d_model=8, n_levels=1, n_heads=2, n_points=2)
+    args = (torch.randn(1, 3, 8), torch.rand(1, 3, 1, 2), torch.randn(1, 16, 8), torch.tensor([[4, 4]]))
+    attn(*args)
+    assert attn.last == {} and attn.record is False
+    with recording(attn):
+        attn(*args)
+    assert attn.record is False and attn.last["attention_weights"].shape == (1, 3, 2, 1, 2)
+    torch.testing.assert_close(attn.last["attention_weights"].sum((-1, -2)), torch.ones(1, 3, 2))
+    with pytest.raises(RuntimeError):
+        with recording(attn):
+            raise RuntimeError("inside")
+    assert attn.record is False  # put back even when the block raises
+    attn.record = True
+    with recording(attn):
+        pass
+    assert attn.record is True  # the value it had, not False
+    with pytest.raises(TypeError, match="no `record` flag"):
+        with recording(MultiHeadAttention(8, 2)):
+            pass
 
 
 # --------------------------------------------------------------------------- drawing

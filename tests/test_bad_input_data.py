@@ -10,7 +10,6 @@ replaced by a recorder wherever ``setup`` would reach it.
 import os
 import shutil
 import time
-import warnings
 
 import pytest
 import torch
@@ -95,19 +94,21 @@ def test_an_edited_generator_regenerates_its_data(tmp_path, monkeypatch):
 
 def test_source_hash_follows_the_kit_data_imports(tmp_path):
     folders = {}
-    for edit in ("none", "shapes", "finegrained", "cache"):
+    for edit in ("none", "raster", "shapes", "finegrained", "context_scenes", "cache"):
         folder = folders[edit] = tmp_path / edit
         shutil.copytree(cache.Path(cache.__file__).parent, folder, ignore=shutil.ignore_patterns("__pycache__"))
         if edit != "none":
             (folder / f"{edit}.py").write_text((folder / f"{edit}.py").read_text() + "\n# an edit\n")
-    hashes = {edit: {m: cache.source_hash(f"kit.data.{m}", folder)
-                     for m in ("shapes", "finegrained", "context_scenes")} for edit, folder in folders.items()}
+    generators = ("shapes", "finegrained", "context_scenes", "two_ring_scenes")
+    hashes = {edit: {m: cache.source_hash(f"kit.data.{m}", folder) for m in generators}
+              for edit, folder in folders.items()}
     base = hashes["none"]
     assert base == {m: cache.source_hash(f"kit.data.{m}") for m in base}  # the copy hashes like the original
-    assert all(hashes["shapes"][m] != base[m] for m in base)  # the others draw with shapes' helpers
-    assert hashes["finegrained"] == {**base, "finegrained": hashes["finegrained"]["finegrained"]}
-    assert hashes["finegrained"]["finegrained"] != base["finegrained"]
-    assert hashes["cache"] == base  # the cache stores tensors, it does not draw them
+    assert all(hashes["raster"][m] != base[m] for m in base)  # every generator draws with raster's maths
+    changed = lambda edit: {m for m in generators if hashes[edit][m] != base[m]}
+    assert changed("shapes") == {"shapes"} and changed("finegrained") == {"finegrained"}
+    assert changed("context_scenes") == {"context_scenes", "two_ring_scenes"}  # two rings use its painting
+    assert changed("cache") == set()  # the cache stores tensors, it does not draw them
 
 
 def test_a_killed_writers_orphan_is_cleaned_on_the_next_write(tmp_path):
@@ -137,14 +138,3 @@ def test_a_read_only_data_folder_warns_and_returns_the_data(tmp_path, monkeypatc
     with pytest.warns(UserWarning, match="could not write the cache entry .*Permission denied"):
         entry = cache.cached("t", {"a": 1}, lambda: {"x": torch.arange(3)}, folder=tmp_path)
     assert torch.equal(entry["x"], torch.arange(3)) and not list(tmp_path.iterdir())
-
-
-def test_cached_data_is_unchanged_by_the_new_key(tmp_path, monkeypatch):
-    monkeypatch.setenv("KIT_ROOT", str(tmp_path))
-    config = ShapeSceneConfig(num_images=4, image_size=32, seed=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        stored = generate(config)
-    fresh = generate(config, use_cache=False)
-    for key in ("images", "boxes", "labels", "masks", "areas"):
-        assert torch.equal(getattr(stored, key), getattr(fresh, key))

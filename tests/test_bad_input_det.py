@@ -7,6 +7,8 @@ loss, valid ops unchanged. torchvision's deformable kernel segfaults on NaN offs
 never called with them here: every test of this module runs with the kernel replaced by a
 stub that fails the test if reached (the checks must raise before it).
 """
+import dataclasses
+
 import pytest
 import torch
 import torchvision
@@ -15,7 +17,7 @@ from torchvision.ops import generalized_box_iou_loss
 import kit.det.tood as tood_module
 import kit.ops.deform_conv as deform_module
 from kit.det import assigners, atss, autoassign, borderdet, hps, hungarian, tood
-from kit.det.cross_dataset import dataset_aware_focal_loss
+from kit.det.cross_dataset import dataset_aware_atss_loss, dataset_aware_focal_loss
 from kit.det.detector import DenseDetector, DenseOutput
 from kit.det.losses import focal_loss_prob, giou_loss, quality_focal_loss_prob
 from kit.det.priors import point_priors
@@ -94,8 +96,14 @@ def loss_call(fn, gt, batch: int = 2, **kw):
     return lambda: fn(out, *gt, **kw)
 
 
-def autoassign_call(gt):
+def autoassign_output() -> DenseOutput:
+    """dense_output() as AutoAssignHead gives it: ImpObj logits instead of centre-ness."""
     out = dense_output()
+    return dataclasses.replace(out, objectness_logits=out.centerness_logits, centerness_logits=None)
+
+
+def autoassign_call(gt):
+    out = autoassign_output()
     prior = autoassign.CenterPrior(NUM_CLASSES)
     return lambda: autoassign.autoassign_loss(out, *gt, prior)
 
@@ -169,10 +177,10 @@ BAD = [
     ("tal-float-labels", tal_with(gt_labels=torch.tensor([1.0])), TypeError, r"integer tensor of class indices"),
     ("hps-inverted-gt", lambda: hps.hps_assign(dense_output().cls_probs[0], dense_output().boxes[0],
                                                dense_output().priors.points, torch.tensor([INVERTED]),
-                                               torch.tensor([0]), k=5), ValueError, r"x2 < x1"),
+                                               torch.tensor([0]), topk=5), ValueError, r"x2 < x1"),
     ("hps-logits-not-probs", lambda: hps.hps_assign(dense_output().cls_logits[0], dense_output().boxes[0],
                                                     dense_output().priors.points, torch.tensor([[4.0, 6.0, 30.0, 40.0]]),
-                                                    torch.tensor([0]), k=5), ValueError, r"probabilities in \[0, 1\]"),
+                                                    torch.tensor([0]), topk=5), ValueError, r"probabilities in \[0, 1\]"),
     # -- item 1: the loss entry points
     ("atss-loss-inverted-gt", loss_call(atss.atss_loss, gt_with(INVERTED)), ValueError,
      r"gt_boxes\[1\] has 1 boxes with x2 < x1 or y2 < y1 .*first: \[30\.0, 40\.0, 4\.0, 6\.0\]"),
@@ -184,13 +192,15 @@ BAD = [
     ("atss-loss-fewer-lists", loss_call(atss.atss_loss, good_gt(1)), ValueError,
      r"gt_boxes has 1 lists for a batch of 2 images"),
     ("atss-loss-batch-of-0", loss_call(atss.atss_loss, ([], []), batch=0), ValueError, r"0 images"),
-    ("atss-targets-inverted-gt", loss_call(atss.atss_targets, gt_with(INVERTED)), ValueError, r"x2 < x1"),
+    ("atss-targets-inverted-gt", lambda: atss.atss_targets(dense_output(), gt_with(INVERTED)[0]), ValueError, r"x2 < x1"),
+    ("atss-terms-assignment-shape", loss_call(atss.atss_loss_terms, good_gt(), assigned=torch.zeros(2, 5, dtype=torch.long)),
+     ValueError, r"assigned must have shape \(2, 84\)"),
     ("tood-loss-fewer-lists", loss_call(tood.tood_loss, good_gt(1), warmup=False), ValueError,
      r"gt_boxes has 1 lists for a batch of 2 images"),
     ("tood-loss-inverted-gt", loss_call(tood.tood_loss, gt_with(INVERTED), warmup=False), ValueError, r"x2 < x1"),
     ("tood-warmup-xywh-gt", loss_call(tood.tood_loss, gt_with(XYWH), warmup=True), ValueError, r"xywh passed as xyxy"),
     ("tal-targets-nan-gt", loss_call(tood.tal_targets, gt_with(NAN)), ValueError, r"non-finite"),
-    ("hps-targets-fewer-lists", loss_call(hps.hps_targets, good_gt(1), k=5), ValueError, r"1 lists for a batch of 2"),
+    ("hps-targets-fewer-lists", loss_call(hps.hps_targets, good_gt(1), topk=5), ValueError, r"1 lists for a batch of 2"),
     ("autoassign-inverted-gt", autoassign_call(gt_with(INVERTED)), ValueError, r"x2 < x1"),
     ("autoassign-float64-gt", autoassign_call(gt_with([4.0, 6.0, 30.0, 40.0], dtype=torch.float64)), TypeError,
      r"float64; expected torch.float32"),
@@ -213,7 +223,8 @@ BAD = [
     ("cross-dataset-class-index-targets", lambda: dataset_aware_focal_loss(
         torch.zeros(4, 3), torch.tensor([[2.0, 0, 0]] * 4), torch.ones(3, dtype=torch.bool)),
      ValueError, r"probabilities in \[0, 1\] for targets"),
-    ("atss-loss-label-mask-rows", loss_call(atss.atss_loss, good_gt(), label_mask=torch.ones(1, NUM_CLASSES, dtype=torch.bool)),
+    ("dataset-aware-loss-label-mask-rows", loss_call(dataset_aware_atss_loss, good_gt(),
+                                                     label_mask=torch.ones(1, NUM_CLASSES, dtype=torch.bool)),
      ValueError, r"label_mask must be \(B, C\) = \(2, 3\)"),
     # -- item 1: the losses themselves
     ("giou-inverted-target", lambda: giou_loss(torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([[10.0, 10.0, 0.0, 0.0]])),
@@ -277,7 +288,7 @@ def test_images_without_objects_are_legitimate():
     check_gt_boxes(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), NUM_CLASSES, like=out.boxes)
     for losses in (atss.atss_loss(out, *empty), tood.tood_loss(out, *empty, warmup=False),
                    tood.tood_loss(out, *empty, warmup=True),
-                   autoassign.autoassign_loss(out, *empty, autoassign.CenterPrior(NUM_CLASSES))):
+                   autoassign.autoassign_loss(autoassign_output(), *empty, autoassign.CenterPrior(NUM_CLASSES))):
         assert all(torch.isfinite(v) for v in losses.values())
     anchors, levels = anchors_and_levels()
     assigned, _ = assigners.atss_assign(anchors, levels, torch.zeros(0, 4))
@@ -324,16 +335,20 @@ def test_giou_loss_of_a_doubly_inverted_prediction_is_not_a_perfect_score():
 
 
 def test_valid_calls_are_unchanged():
-    """Valid input still runs (the checks raise nothing) on every entry point of the table."""
+    """Valid input runs on every entry point of the table (the checks raise nothing) and gives
+    finite losses and assignments that use the objects."""
     out = dense_output()
     gt = good_gt()
-    atss.atss_loss(out, *gt)
-    tood.tood_loss(out, *gt, warmup=False)
-    hps.hps_targets(out, *gt, k=5)
+    for losses in (atss.atss_loss(out, *gt), tood.tood_loss(out, *gt, warmup=False)):
+        assert set(losses) >= {"cls", "box"} and all(torch.isfinite(v) for v in losses.values())
+    assignment, topk_used = hps.hps_targets(out, *gt, topk=5)
+    assert assignment.gt_index.shape == out.cls_probs.shape[:2] and (assignment.gt_index >= 0).any()
+    assert all(t.tolist() == [5, 5] for t in topk_used)
+    assert (atss.atss_targets(out, gt[0]).gt_index >= 0).any()
     borderdet.border_targets(out.boxes, *gt)
     targets = hungarian.targets_from_pixels(*gt, IMAGE)
     outputs = {"logits": torch.randn(2, 5, NUM_CLASSES), "boxes": torch.rand(2, 5, 4)}
-    hungarian.set_loss(outputs, targets, NUM_CLASSES)
+    assert all(torch.isfinite(v) for v in hungarian.set_loss(outputs, targets, NUM_CLASSES).values())
     x, offset = torch.randn(1, 2, 5, 5), torch.randn(1, 18, 3, 3)
     assert torch.equal(deform_conv2d(x, offset, torch.ones(3, 2, 3, 3), backend="torch"),
                        deform_module.deform_conv2d_reference(x, offset, torch.ones(3, 2, 3, 3)))

@@ -104,8 +104,8 @@ BAD = [
     # post-processing
     ("postprocess: logits as scores", lambda s: dense(torch.randn(2, 5, 3) * 3), ValueError, r"probabilities in \[0, 1\].*logits"),
     ("postprocess: inf score", lambda s: dense(with_nan(torch.rand(2, 5, 3), float("inf"))), ValueError, r"probabilities"),
-    ("postprocess: score_thr 1", lambda s: dense(score_thr=1.0), ValueError, r"score_thr must be in \[0, 1\)"),
-    ("postprocess: negative score_thr", lambda s: dense(score_thr=-0.1), ValueError, r"score_thr must be in \[0, 1\)"),
+    ("postprocess: score_threshold 1", lambda s: dense(score_threshold=1.0), ValueError, r"score_threshold must be in \[0, 1\)"),
+    ("postprocess: negative score_threshold", lambda s: dense(score_threshold=-0.1), ValueError, r"score_threshold must be in \[0, 1\)"),
     ("postprocess: pre_nms_topk 0", lambda s: dense(pre_nms_topk=0), ValueError, r"pre_nms_topk must be an int >= 1"),
     ("postprocess: max_per_image 0", lambda s: dense(max_per_image=0), ValueError, r"max_per_image must be an int >= 1"),
     ("postprocess: float max_per_image", lambda s: dense(max_per_image=2.5), TypeError, r"max_per_image must be an int"),
@@ -146,11 +146,11 @@ def test_nan_in_the_box_branch_is_dropped_counted_and_warned(scenes):
     0.37 AP (the NaN boxes matched everything). Now every NaN box is dropped, with a warning."""
     torch.manual_seed(0)
     model = DenseDetector(ATSSHead(scenes.config.num_classes, 16, 16), widths=(8, 16, 16, 16), fpn_channels=16)
-    clean = evaluate_detector(model, scenes, score_thr=0.0)
+    clean = evaluate_detector(model, scenes, score_threshold=0.0)
     with torch.no_grad():
         model.head.reg_conv.weight[0, 0, 1, 1] = float("nan")  # the left distance of every prior is NaN
     with pytest.warns(RuntimeWarning, match=r"dropped \d+ predictions with a non-finite box"):
-        broken = evaluate_detector(model, scenes, score_thr=0.0)
+        broken = evaluate_detector(model, scenes, score_threshold=0.0)
     assert clean["AP"] < 0.05 and broken["AP"] == 0.0
 
 
@@ -175,7 +175,7 @@ def test_postprocess_drops_and_counts_nonfinite_predictions():
 
 def test_postprocess_accepts_a_zero_threshold_and_counts_nothing_on_clean_input():
     stats = {}
-    dets = dense(score_thr=0.0, stats=stats)
+    dets = dense(score_threshold=0.0, stats=stats)
     assert stats == {"dropped_nonfinite": 0} and len(dets) == 2
 
 

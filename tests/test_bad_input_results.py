@@ -37,6 +37,7 @@ def bad_file(text):
 BAD = [
     # id, call (gets a folder), exception type, phrase of the message
     ("metrics-empty", record_with(metrics={}), ValueError, r"metrics must be a non-empty dict"),
+    ("profile-unknown", record_with(profile="laptop"), ValueError, r"profile must be one of smoke, cpu, gpu"),
     ("seeds-duplicated", record_with(seeds=[0, 0]), ValueError, r"seeds must be distinct .*\[0, 0\]"),
     ("seeds-not-ints", record_with(seeds=[0.0, 1.0]), TypeError, r"seeds must be ints"),
     ("metric-bool", record_with(metrics={"A": {"AP": [True, False]}}), TypeError,

@@ -14,25 +14,15 @@ import io
 import pytest
 import torch
 
-import kit.train
-from kit.train import epoch_sampler, train
+from _train_problem import make_problem
+from kit.checkpoint import read_checkpoint, write_checkpoint
+from kit.train import train
 
 ITERATIONS = 6
 
 
-def make_problem(seed=0):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(32, 4, generator=g), torch.randn(32, 1, generator=g)
-    sampler = epoch_sampler(32, 8, seed=0)
-    batch_for = lambda step: (x[sampler(step)], y[sampler(step)])
-    loss_for = lambda m, batch, step: {"mse": torch.nn.functional.mse_loss(m(batch[0]), batch[1])}
-    return model, batch_for, loss_for
-
-
 def run(loss_for=None, checkpoint=None, on_step=None, **kwargs):
-    model, batch_for, default_loss = make_problem()
+    model, batch_for, default_loss = make_problem(num_items=32)
     return train(model, batch_for, loss_for or default_loss, ITERATIONS, torch.optim.SGD(model.parameters(), lr=0.1,
                  momentum=0.9), checkpoint=checkpoint, on_step=on_step, progress=False, **kwargs)
 
@@ -75,13 +65,13 @@ def interrupted_checkpoint(path):
 
     with pytest.raises(KeyboardInterrupt):
         run(checkpoint=path, on_step=stop)
-    return kit.train._read_checkpoint(path)
+    return read_checkpoint(path)
 
 
 def rewrite(change):
     """Write a genuine checkpoint, then replace it by ``change(payload)`` in the v2 format."""
     def build(path):
-        kit.train._write_checkpoint(path, change(interrupted_checkpoint(path)))
+        write_checkpoint(path, change(interrupted_checkpoint(path)))
     return build
 
 

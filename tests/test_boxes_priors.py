@@ -56,3 +56,24 @@ def test_point_priors_layout():
     assert anchors[0].tolist() == [-12.0, -12.0, 20.0, 20.0]
     with pytest.raises(ValueError, match="one stride per level"):
         point_priors([(4, 4)], [8, 16])
+
+
+def test_doubly_inverted_boxes_overlap_nothing_and_ground_truth_refuses_them():
+    """x2 < x1 and y2 < y1 gives a positive w * h; the IoU must still be 0, as torchvision's."""
+    from kit.det.validation import check_gt
+
+    inverted = torch.tensor([[10.0, 10.0, 0.0, 0.0]])
+    upright = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    assert paired_iou(inverted, inverted).item() == 0 == box_iou(inverted, inverted).item()
+    assert paired_iou(inverted, upright).item() == 0
+    with pytest.raises(ValueError, match="inverted"):
+        check_gt([inverted], [torch.tensor([0])], 1, 3)
+
+
+def test_level_maps_put_every_prior_back_at_its_cell():
+    priors = point_priors([(4, 6), (2, 3)], [8, 16])
+    maps = priors.level_maps(priors.points)  # each cell holds its own point
+    assert [tuple(m.shape) for m in maps] == [(4, 6, 2), (2, 3, 2)]
+    row, col = 2, 5
+    assert maps[0][row, col].tolist() == [(col + 0.5) * 8, (row + 0.5) * 8]
+    assert maps[1][1, 0].tolist() == [8.0, 24.0]

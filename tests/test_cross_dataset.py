@@ -71,8 +71,9 @@ def test_merge_label_spaces_maps_duplicates_to_one_index():
         merge_label_spaces([["a", "a"]])
 
 
-def test_atss_loss_with_full_mask_equals_plain_and_partial_mask_ignores_classes(scenes):
+def test_dataset_aware_atss_loss_with_full_mask_is_atss_and_partial_mask_ignores_classes(scenes):
     from kit.det.atss import ATSSHead, atss_loss
+    from kit.det.cross_dataset import dataset_aware_atss_loss
     from kit.det.detector import DenseDetector
 
     torch.manual_seed(0)
@@ -80,15 +81,21 @@ def test_atss_loss_with_full_mask_equals_plain_and_partial_mask_ignores_classes(
     images, boxes, labels = scenes.batch(range(3))
     out = model(images)
     plain = atss_loss(out, boxes, labels)
-    full = atss_loss(out, boxes, labels, label_mask=torch.ones(3, 6, dtype=torch.bool))
-    assert all(torch.allclose(plain[k], full[k]) for k in plain)
+    full = dataset_aware_atss_loss(out, boxes, labels, torch.ones(3, 6, dtype=torch.bool))
+    assert all(torch.equal(plain[k], full[k]) for k in plain)  # an all-True mask changes nothing, bit for bit
     present = torch.zeros(3, 6, dtype=torch.bool)
     for i, l in enumerate(labels):
         present[i, l] = True
-    partial = atss_loss(out, boxes, labels, label_mask=present)
+    partial = dataset_aware_atss_loss(out, boxes, labels, present)
     assert partial["cls"] < plain["cls"] and torch.equal(partial["box"], plain["box"])
+    # the classes an image's dataset does not label get no gradient from that image
+    out.cls_logits.retain_grad()
+    partial["cls"].backward()
+    assert (out.cls_logits.grad[~present[:, None, :].expand_as(out.cls_logits)] == 0).all()
     with pytest.raises(ValueError, match="does not cover"):
-        atss_loss(out, boxes, labels, label_mask=~present)
+        dataset_aware_atss_loss(out, boxes, labels, ~present)
+    with pytest.raises(ValueError, match=r"label_mask must be \(B, C\)"):
+        dataset_aware_atss_loss(out, boxes, labels, present[:2])
 
 
 def test_recall_by_class_counts_matches_above_threshold():
@@ -97,9 +104,9 @@ def test_recall_by_class_counts_matches_above_threshold():
     dets = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [20, 20, 30, 30]]),
              "scores": torch.tensor([0.9, 0.2, 0.8]), "labels": torch.tensor([0, 1, 0])},
             {"boxes": torch.tensor([[5.0, 5, 15, 15]]), "scores": torch.tensor([0.5]), "labels": torch.tensor([1])}]
-    recall = recall_by_class(dets, gt_boxes, gt_labels, num_classes=3, score_thr=0.3)
+    recall = recall_by_class(dets, gt_boxes, gt_labels, num_classes=3, score_threshold=0.3)
     assert recall[0] == 1.0 and recall[1] == 0.5 and torch.isnan(recall[2])  # the 0.2 box is below the threshold
-    assert recall_by_class(dets, gt_boxes, gt_labels, 3, score_thr=0.1)[1] == 1.0
+    assert recall_by_class(dets, gt_boxes, gt_labels, 3, score_threshold=0.1)[1] == 1.0
     with pytest.raises(ValueError, match="one entry per image"):
         recall_by_class(dets[:1], gt_boxes, gt_labels, 3)
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
-from kit.ops.deform_conv import (DeformConv2d, bilinear_sample, check_deform_inputs, deform_conv2d,
-                                 deform_conv2d_reference, deformable_columns, sampling_positions)
+from kit.ops.deform_conv import (DeformConv2d, bilinear_sample, check_deform_inputs, conv_output_size,
+                                 deform_conv2d, deform_conv2d_reference, deformable_columns, sampling_positions)
 
 DOUBLE = torch.float64
 
@@ -222,3 +222,11 @@ def test_bad_inputs_raise_clear_errors():
         DeformConv2d(4, 4, offset_groups=3)
     with pytest.raises(ValueError, match="divisible by groups"):
         DeformConv2d(4, 6, groups=4)
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding,dilation", [
+    ((7, 9), 3, 1, 1, 1), ((7, 9), 3, 2, 1, 1), ((8, 5), (3, 1), (2, 1), (0, 1), 1), ((10, 11), 3, 3, 2, 2),
+    ((5, 6), 1, 2, 0, 1), ((9, 9), (2, 4), 2, (1, 0), (3, 1))])
+def test_conv_output_size_is_torch_convs(size, kernel, stride, padding, dilation):
+    conv = torch.nn.Conv2d(1, 1, kernel, stride, padding, dilation)
+    assert conv_output_size(size, kernel, stride, padding, dilation) == tuple(conv(torch.zeros(1, 1, *size)).shape[-2:])

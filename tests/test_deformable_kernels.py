@@ -1,28 +1,18 @@
 """Deformable Kernels (kit.ops.deformable_kernels) against a slow loop of the paper's formula."""
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kit.ops.deformable_kernels import (DeformableKernel2d, deformable_kernel_conv2d, sample_kernels,
                                         scope_coordinates)
+from test_deform_conv import bilinear_scalar  # the textbook four-corner rule, one value at a time
 
 DOUBLE = torch.float64
 
 
-def planar_bilinear(plane, h, w):
-    """The official kernel sampler: zero unless -1 < h < S and -1 < w < S; outside corners count 0."""
-    size_h, size_w = plane.shape
-    if not (-1 < h < size_h and -1 < w < size_w):
-        return 0.0
-    h0, w0 = math.floor(h), math.floor(w)
-    value = 0.0
-    for hh, wh in ((h0, 1 - (h - h0)), (h0 + 1, h - h0)):
-        for ww, ww_ in ((w0, 1 - (w - w0)), (w0 + 1, w - w0)):
-            if 0 <= hh < size_h and 0 <= ww < size_w:
-                value += wh * ww_ * float(plane[hh, ww])
-    return value
+# The official kernel sampler (zero unless -1 < h < S and -1 < w < S, corners outside count 0) is
+# the textbook rule of the DCN tests: outside (-1, S) both corners fall outside the plane.
+planar_bilinear = bilinear_scalar
 
 
 def loop_dk(x, kernel_offset, scope, k, stride, padding, dilation, image_offset=None):
@@ -83,7 +73,7 @@ def test_kernel_sampling_matches_grid_sample():
     _, kernel_offset, _, scope_weight, _ = case(groups=1)
     coords = scope_coordinates(kernel_offset, 3, 4)  # (B, 1, 9, 2, Ho, Wo)
     sampled = sample_kernels(scope_weight, coords)  # (B, C, 9, L)
-    b, c = kernel_offset.shape[0], scope_weight.shape[0]
+    b = kernel_offset.shape[0]
     grid = torch.stack([coords[:, 0, :, 1], coords[:, 0, :, 0]], dim=-1).flatten(2, 3) * (2 / 3) - 1  # (B, 9, L, 2)
     expected = F.grid_sample(scope_weight[None, :, 0].expand(b, -1, -1, -1), grid, align_corners=True,
                              padding_mode="zeros")

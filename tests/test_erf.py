@@ -1,13 +1,14 @@
 """Effective/theoretical receptive fields, sampling-point traces and their figures."""
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from kit.analysis.erf import (ReceptiveField, centred_mean, effective_receptive_field, erf_mass_inside,
-                              erf_radius, receptive_field)
+from kit.analysis.erf import centred_mean, effective_receptive_field, erf_mass_inside, erf_radius
 from kit.analysis.sampling_points import record_deformable, stacked_sampling_points
 from kit.nn.backbone import BasicBlock
+from kit.nn.receptive_field import ReceptiveField, receptive_field
 from kit.ops.deform_conv import DeformConv2d
 from kit.ops.deformable_kernels import DeformableKernel2d
 from kit.viz.erf import draw_kernel_space, erf_figure
@@ -104,7 +105,7 @@ def test_receptive_field_rules_and_errors():
     rf = receptive_field(nn.Sequential(nn.Conv2d(1, 1, 3, 2, 1), nn.MaxPool2d(3, 2, 1), nn.Conv2d(1, 1, 3, padding=1)))
     assert rf.size == (15, 15) and rf.jump == (4, 4) and rf.start == (0.0, 0.0)
     assert rf.box(1, 2) == (8 + 0.5 - 7.5, 4 + 0.5 - 7.5, 8 + 0.5 + 7.5, 4 + 0.5 + 7.5)
-    assert rf.to_feature(4.5, 8.5) == (1.0, 2.0)
+    assert rf.to_feature(8.5, 4.5) == (1.0, 2.0)  # the point (x, y) -> (row, col)
     # DK keeps the rigid RF; DCN has none unless counted at zero offset
     assert receptive_field([DeformableKernel2d(4, 3, 4, padding=1)]).size == (3, 3)
     assert receptive_field([DeformConv2d(4, 4, 3, dilation=2)], deformable="rigid").size == (5, 5)
@@ -131,10 +132,10 @@ def test_sampling_points_at_zero_offset_are_the_rigid_grid():
     assert len(traces) == 2 and traces[1].input_grid.jump == (2, 2)
     points, weights = stacked_sampling_points(traces, 3, 4)  # unit (3, 4) of the second layer
     assert points.shape == (81, 2) and torch.allclose(weights, torch.ones(81))
-    rows, cols = set(points[:, 0].tolist()), set(points[:, 1].tolist())
+    xs, ys = set(points[:, 0].tolist()), set(points[:, 1].tolist())  # points are (x, y)
     # second layer: units (2..4, 3..5) of the first's output = image (4..8, 6..10) at stride 2;
-    # first layer: +-1 pixel around each: rows 3..9, cols 5..11
-    assert rows == set(range(3, 10)) and cols == set(range(5, 12))
+    # first layer: +-1 pixel around each: rows (y) 3..9, cols (x) 5..11
+    assert ys == set(range(3, 10)) and xs == set(range(5, 12))
     # the same region as the rigid theoretical RF of unit (3, 4)
     assert receptive_field(model, deformable="rigid").box(3, 4) == (5.0, 3.0, 12.0, 10.0)
 
@@ -146,7 +147,8 @@ def test_sampling_points_follow_offsets_and_multiply_masks():
         second.offset_conv.bias[18:] = torch.log(torch.tensor(3.0))  # 2 * sigmoid(log 3) = 1.5
     traces = record_deformable(model, torch.rand(1, 1, 16, 16), grids)[0]
     points, weights = stacked_sampling_points(traces, 3, 4)
-    assert set(points[:, 0].tolist()) == set(range(5, 12)) and set(points[:, 1].tolist()) == set(range(3, 10))
+    # torchvision's offsets are (dy, dx): one unit down (y + 2 px), one left (x - 2 px); points are (x, y)
+    assert set(points[:, 0].tolist()) == set(range(3, 10)) and set(points[:, 1].tolist()) == set(range(5, 12))
     torch.testing.assert_close(weights, torch.full((81,), 1.5))
 
 
@@ -156,13 +158,34 @@ def test_record_deformable_needs_every_grid():
         record_deformable(model, torch.rand(1, 1, 8, 8), {first: grids[first]})
 
 
-def test_figures_draw():
-    erf = torch.rand(32, 32)
-    fig = erf_figure({"rigid": dict(erf=erf, rf_box=(4, 4, 28, 28)),
-                      "dcn": dict(erf=erf, points=torch.rand(81, 2) * 32, point_weights=torch.rand(81))},
-                     image=torch.rand(3, 32, 32), centre=(16, 16), suptitle="ERF")
+def test_erf_figure_draws_points_as_x_y_at_pixel_centres():
+    erf = torch.rand(32, 24)
+    points = torch.tensor([[20.0, 3.0], [1.0, 30.0]])  # (x, y) pixel indices: x < 24 <= y is possible only so
+    fig = erf_figure({"rigid": dict(erf=erf, rf_box=(4, 4, 20, 28)),
+                      "dcn": dict(erf=erf, points=points, point_weights=torch.tensor([1.0, 0.5]))},
+                     image=torch.rand(3, 32, 24), centre=(12, 16), suptitle="ERF")
     assert len(fig.axes) == 2
+    dcn = fig.axes[1]
+    np.testing.assert_allclose(dcn.collections[0].get_offsets(), points.numpy() + 0.5)
+    assert dcn.get_xlim() == (0, 24) and dcn.get_ylim() == (32, 0)  # the image, y down
+    x0, y0, x1, y1 = 4, 4, 20, 28
+    box = fig.axes[0].patches[0]
+    assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (x0, y0, x1 - x0, y1 - y0)
     plt.close(fig)
+
+
+def test_kernel_space_draws_taps_at_their_row_col():
+    kernel = torch.tensor([[1.0, -3.0, 0.0], [0.5, 2.0, 0.0], [0.0, 0.0, -1.0]])
+    sampled = torch.tensor([[0.0, 2.0], [1.5, 0.5]])  # (row, col) in the scope
+    rigid = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
     fig, ax = plt.subplots()
-    draw_kernel_space(ax, torch.randn(4, 4), torch.rand(9, 2) * 3, rigid=torch.rand(9, 2) * 3, title="DK")
+    draw_kernel_space(ax, kernel, sampled, rigid=rigid, title="DK")
+    rings, dots = ax.collections
+    np.testing.assert_allclose(rings.get_offsets(), rigid.flip(-1).numpy())  # drawn at (x = col, y = row)
+    np.testing.assert_allclose(dots.get_offsets(), sampled.flip(-1).numpy())
+    assert len(ax.texts) == 2  # one arrow per tap, rigid -> sampled
+    np.testing.assert_allclose(ax.texts[1].xy, (0.5, 1.5))
+    (image,) = ax.images
+    np.testing.assert_allclose(image.get_array(), kernel.numpy())
+    assert image.get_clim() == (-3.0, 3.0)  # a symmetric scale: the sign of a weight is its colour
     plt.close(fig)

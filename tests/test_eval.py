@@ -40,3 +40,33 @@ def test_area_ranges_scale_with_image_size():
 def test_detection_count_must_match_images(scenes):
     with pytest.raises(ValueError, match="detection sets"):
         coco_evaluate(to_coco(scenes), gt_as_detections(scenes)[:2], scenes.config.image_size)
+
+
+def test_xywh_results_keep_the_boxes(scenes):
+    """COCO results are [x, y, w, h] of the xyxy input, and the input tensor is left as it was."""
+    from kit.eval.coco import detections_to_coco
+
+    boxes = torch.tensor([[1.0, 2.0, 11.0, 7.0], [3.5, 4.0, 4.5, 30.0]])
+    copy = boxes.clone()
+    results = detections_to_coco([{"boxes": boxes, "scores": torch.tensor([0.9, 0.1]), "labels": torch.tensor([0, 2])}])
+    assert [r["bbox"] for r in results] == [[1.0, 2.0, 10.0, 5.0], [3.5, 4.0, 1.0, 26.0]]
+    assert torch.equal(boxes, copy)
+
+
+def test_predict_batches_covers_the_set_in_order_in_eval_mode_and_restores_the_mode(scenes):
+    from kit.eval.coco import predict_batches
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+            self.modes = []
+
+        def forward(self, images):
+            self.modes.append((self.training, torch.is_grad_enabled()))
+            return images.shape[0]
+
+    probe = Probe()
+    seen = [(len(boxes), out) for _, boxes, _, out in predict_batches(probe, scenes, batch_size=10)]
+    assert [out for _, out in seen] == [10, 10, len(scenes) - 20] and probe.training
+    assert set(probe.modes) == {(False, False)}

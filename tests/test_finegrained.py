@@ -85,3 +85,18 @@ def test_context_scenes_are_seeded_and_validated():
         ContextScenesConfig(num_images=2, num_colours=1)
     with pytest.raises(ValueError, match="key_size"):
         ContextScenesConfig(num_images=2, key_size=(20, 10))
+
+
+def test_context_key_mask_is_the_whole_ring_around_its_centre():
+    """key_masks is the ring's own pixels: between its hole and its rim, and never painted over."""
+    config = ContextScenesConfig(num_images=30, image_size=48, min_size=6, max_size=12, key_size=(12, 16),
+                                 num_colours=3, seed=7)
+    scenes = generate_context_scenes(config)
+    grid = torch.arange(48) + 0.5
+    distance = ((grid[None, None, :] - scenes.key_centres[:, 0, None, None]) ** 2
+                + (grid[None, :, None] - scenes.key_centres[:, 1, None, None]) ** 2).sqrt()  # (B, H, W)
+    low, high = config.key_size
+    assert (distance[scenes.key_masks] <= high / 2).all()  # inside the largest rim
+    assert (distance[scenes.key_masks] >= 0.55 * low / 2 - 1e-4).all()  # outside the smallest hole
+    rim = (distance <= 0.95 * low / 2) & (distance >= 0.6 * high / 2)  # in every possible ring's body
+    assert rim.flatten(1).sum(1).min() >= 10 and scenes.key_masks[rim].all()  # drawn last: all of it visible

@@ -57,10 +57,20 @@ def test_extreme_probabilities_and_threshold():
     assert threshold_mask(torch.tensor([0.2, 0.5, 0.75])).tolist() == [0.0, 0.5, 0.75]
 
 
-def test_gumbel_softmax_is_torchs():
-    assert gumbel_softmax is torch.nn.functional.gumbel_softmax
-    one_hot = gumbel_softmax(torch.randn(5, 4), tau=0.5, hard=True)
-    assert torch.equal(one_hot.sum(-1), torch.ones(5))
+def test_hard_gumbel_softmax_is_one_hot_forward_with_the_soft_gradient():
+    """The straight-through estimator: the forward value is the one-hot argmax of the soft sample
+    (drawn from the same noise), the gradient is the soft sample's."""
+    logits = torch.randn(5, 4, requires_grad=True)
+    weights = torch.randn(5, 4)
+    torch.manual_seed(3)
+    hard = gumbel_softmax(logits, tau=0.5, hard=True)
+    torch.manual_seed(3)
+    soft = gumbel_softmax(logits, tau=0.5, hard=False)
+    assert torch.equal(hard.sum(-1), torch.ones(5)) and set(hard.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(hard.argmax(-1), soft.argmax(-1))
+    (grad_hard,) = torch.autograd.grad((hard * weights).sum(), logits)
+    (grad_soft,) = torch.autograd.grad((soft * weights).sum(), logits)
+    torch.testing.assert_close(grad_hard, grad_soft)
 
 
 def test_temperature_schedule_and_bad_inputs():

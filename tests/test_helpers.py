@@ -1,4 +1,6 @@
 """The small helpers every page uses: eval mode restored, param groups, grid means, the size table."""
+import re
+
 import pandas as pd
 import pytest
 import torch
@@ -50,8 +52,8 @@ def test_size_table_abbreviates_long_lists_and_bolds_the_active_profile():
     sizes = {p: {"steps": 10 * (i + 1), "k": list(range(8))} for i, p in enumerate(["smoke", "cpu", "gpu"])}
     styler = notebook.sizes_table(sizes, "cpu")
     assert styler.data.loc["cpu", "k"] == "[0, 1, 2, …, 7] (8)" and styler.data.loc["gpu", "steps"] == "30"
-    html = styler.to_html()
-    assert html.count("font-weight: bold") >= 1
+    bold_cells = re.search(r"<style[^>]*>\s*([^{]*)\{\s*font-weight: bold;", styler.to_html()).group(1)
+    assert re.findall(r"_row(\d)_col(\d)", bold_cells) == [("1", "0"), ("1", "1")]  # the cpu row, every cell
     with pytest.raises(ValueError, match="active must be one of"):
         notebook.sizes_table(sizes, "laptop")
 

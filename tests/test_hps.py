@@ -1,30 +1,16 @@
-"""HPS-Det pieces: static top-k assignment, dynamic k, the RBF surrogate search."""
+"""HPS-Det pieces: static top-k assignment, dynamic top-k, the loss, the RBF surrogate search."""
 import math
 
 import numpy as np
 import pytest
 import torch
+from test_assigners import scene  # the shared random scene (priors, objects, scores, predicted boxes)
 from torchvision.ops import box_iou
 
 from kit.det.assigners import alignment_metric, task_aligned_assign, topk_assign
 from kit.det.boxes import points_inside
-from kit.det.hps import choose_k, hps_assign, hps_targets
-from kit.det.priors import point_priors
+from kit.det.hps import choose_topk, hps_assign, hps_loss, hps_targets
 from kit.hpo.rbf_search import RBFSearch
-
-
-def scene(seed=0, num_gt=5, size=96, num_classes=4):
-    g = torch.Generator().manual_seed(seed)
-    priors = point_priors([(12, 12), (6, 6), (3, 3)], [8, 16, 32])
-    xy = torch.rand(num_gt, 2, generator=g) * size * 0.6
-    wh = torch.rand(num_gt, 2, generator=g) * size * 0.35 + 8
-    gt = torch.cat([xy, xy + wh], 1)
-    labels = torch.randint(0, num_classes, (num_gt,), generator=g)
-    n = priors.points.shape[0]
-    scores = torch.rand(n, num_classes, generator=g)
-    ltrb = torch.rand(n, 4, generator=g) * 30 + 2
-    pred = torch.cat([priors.points - ltrb[:, :2], priors.points + ltrb[:, 2:]], 1)
-    return priors, gt, labels, scores, pred
 
 
 def tal_inputs(seed, num_gt=5):
@@ -35,27 +21,27 @@ def tal_inputs(seed, num_gt=5):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("k", [1, 5, 13, 40])
-def test_static_topk_with_tal_metric_equals_task_aligned_assign(seed, k):
+@pytest.mark.parametrize("topk", [1, 5, 13, 40])
+def test_static_topk_with_tal_metric_equals_task_aligned_assign(seed, topk):
     priors, gt, labels, scores, pred, metric, ious, inside = tal_inputs(seed)
-    tal_assigned, tal_alignment = task_aligned_assign(scores, pred, priors.points, gt, labels, topk=k)
-    assigned, alignment = topk_assign(metric, ious, inside, k)
+    tal_assigned, tal_alignment = task_aligned_assign(scores, pred, priors.points, gt, labels, topk=topk)
+    assigned, alignment = topk_assign(metric, ious, inside, topk)
     assert torch.equal(assigned, tal_assigned)
     assert torch.allclose(alignment, tal_alignment)
-    # the same k given per object (a tensor) is the same rule
-    per_object, _ = topk_assign(metric, ious, inside, torch.full((len(gt),), k))
+    # the same topk given per object (a tensor) is the same rule
+    per_object, _ = topk_assign(metric, ious, inside, torch.full((len(gt),), topk))
     assert torch.equal(per_object, tal_assigned)
 
 
 def test_per_object_k_bounds_the_positives_and_they_are_the_top_ranked():
     priors, gt, labels, scores, pred, metric, ious, inside = tal_inputs(7, num_gt=4)
-    k = torch.tensor([1, 3, 8, 20])
-    assigned, _ = topk_assign(metric, ious, inside, k)
+    topk = torch.tensor([1, 3, 8, 20])
+    assigned, _ = topk_assign(metric, ious, inside, topk)
     for m in range(len(gt)):
         mine = torch.nonzero(assigned == m).flatten()
-        assert len(mine) <= k[m]
-        top = set(metric[:, m].topk(int(k[m])).indices.tolist())
-        assert set(mine.tolist()) <= top  # positives lie among the object's top k
+        assert len(mine) <= topk[m]
+        top = set(metric[:, m].topk(int(topk[m])).indices.tolist())
+        assert set(mine.tolist()) <= top  # positives lie among the object's top topk
         assert inside[mine, m].all()
     # one object alone: exactly the top-k that lie inside it and have t > 0
     alone, _ = topk_assign(metric[:, 2:3], ious[:, 2:3], inside[:, 2:3], 8)
@@ -80,41 +66,41 @@ def test_topk_assign_rejects_bad_inputs():
     assert (empty == -1).all()
 
 
-def test_choose_k_follows_the_iou_gain():
+def test_choose_topk_follows_the_iou_gain():
     # one object, priors ranked by metric 5 > 4 > 3 > 2 > 1, IoUs 0.9 0.8 0.6 0.3 0.2
     metric = torch.tensor([[5.0], [4.0], [3.0], [2.0], [1.0]])
     ious = torch.tensor([[0.9], [0.8], [0.6], [0.3], [0.2]])
     inside = torch.ones(5, 1, dtype=torch.bool)
-    assert choose_k(metric, ious, inside, [1, 3, 5], iou_floor=0.5).tolist() == [3]  # gains .4, .8, .4
-    assert choose_k(metric, ious, inside, [1, 3, 5], iou_floor=0.95).tolist() == [1]
-    assert choose_k(metric, ious, inside, [1, 3, 5], iou_floor=0.0).tolist() == [5]
+    assert choose_topk(metric, ious, inside, [1, 3, 5], iou_floor=0.5).tolist() == [3]  # gains .4, .8, .4
+    assert choose_topk(metric, ious, inside, [1, 3, 5], iou_floor=0.95).tolist() == [1]
+    assert choose_topk(metric, ious, inside, [1, 3, 5], iou_floor=0.0).tolist() == [5]
     outside = inside.clone()
     outside[1:] = False  # only the first prior could become positive: ties -> the smallest k
-    assert choose_k(metric, ious, outside, [1, 3, 5], iou_floor=0.0).tolist() == [1]
-    with pytest.raises(ValueError, match="k_choices"):
-        choose_k(metric, ious, inside, [0, 2])
+    assert choose_topk(metric, ious, outside, [1, 3, 5], iou_floor=0.0).tolist() == [1]
+    with pytest.raises(ValueError, match="topk_choices"):
+        choose_topk(metric, ious, inside, [0, 2])
     with pytest.raises(ValueError, match="iou_floor"):
-        choose_k(metric, ious, inside, [1, 2], iou_floor=1.5)
+        choose_topk(metric, ious, inside, [1, 2], iou_floor=1.5)
     with pytest.raises(ValueError, match=r"\(N, M\)"):
-        choose_k(metric, ious[:3], inside, [1, 2])
+        choose_topk(metric, ious[:3], inside, [1, 2])
 
 
-def test_dynamic_k_with_one_choice_is_static_topk():
+def test_dynamic_topk_with_one_choice_is_static_topk():
     priors, gt, labels, scores, pred, *_ = tal_inputs(3)
-    static = hps_assign(scores, pred, priors.points, gt, labels, k=6)
-    dynamic = hps_assign(scores, pred, priors.points, gt, labels, k_choices=[6])
-    assert torch.equal(static[0], dynamic[0]) and torch.equal(static[1], dynamic[1])
-    assert dynamic[2].tolist() == [6] * len(gt)
-    chosen = hps_assign(scores, pred, priors.points, gt, labels, k_choices=[2, 9, 15], iou_floor=0.2)[2]
+    static, static_topk = hps_assign(scores, pred, priors.points, gt, labels, topk=6)
+    dynamic, dynamic_topk = hps_assign(scores, pred, priors.points, gt, labels, topk_choices=[6])
+    assert torch.equal(static.gt_index, dynamic.gt_index) and torch.equal(static.overlap, dynamic.overlap)
+    assert dynamic_topk.tolist() == static_topk.tolist() == [6] * len(gt)
+    _, chosen = hps_assign(scores, pred, priors.points, gt, labels, topk_choices=[2, 9, 15], iou_floor=0.2)
     assert set(chosen.tolist()) <= {2, 9, 15}
     with pytest.raises(ValueError, match="exactly one"):
-        hps_assign(scores, pred, priors.points, gt, labels, k=3, k_choices=[3])
+        hps_assign(scores, pred, priors.points, gt, labels, topk=3, topk_choices=[3])
     with pytest.raises(ValueError, match="gt_labels"):
-        hps_assign(scores, pred, priors.points, gt, labels + 10, k=3)
+        hps_assign(scores, pred, priors.points, gt, labels + 10, topk=3)
 
 
-def test_atss_loss_with_static_hps_targets_equals_the_tal_assignment(scenes):
-    from kit.det.atss import ATSSHead, atss_loss
+def test_hps_loss_is_the_atss_loss_on_the_top_k_assignment(scenes):
+    from kit.det.atss import ATSSHead, atss_loss, atss_loss_terms
     from kit.det.detector import DenseDetector
     from kit.det.tood import tal_targets
 
@@ -122,12 +108,15 @@ def test_atss_loss_with_static_hps_targets_equals_the_tal_assignment(scenes):
     model = DenseDetector(ATSSHead(6, 16, 16), widths=(8, 16, 16, 16), fpn_channels=16)
     images, boxes, labels = scenes.batch(range(3))
     out = model(images)
-    tal = atss_loss(out, boxes, labels, targets_fn=lambda o, b, l: tal_targets(o, b, l, topk=7)[0])
-    hps = atss_loss(out, boxes, labels, targets_fn=lambda o, b, l: hps_targets(o, b, l, k=7)[0])
+    losses, topk_used = hps_loss(out, boxes, labels, topk=7)
+    assert [t.tolist() for t in topk_used] == [[7] * len(l) for l in labels]
+    # static top-7 on TOOD's metric is TAL with topk=7: the same loss as ATSS's terms on TAL's assignment
+    tal = atss_loss_terms(out, boxes, labels, tal_targets(out, boxes, labels, topk=7)[0]).losses()
+    assert all(torch.equal(losses[name], tal[name]) for name in tal)
+    assignment, _ = hps_targets(out, boxes, labels, topk=7)
+    assert assignment.gt_index.shape == assignment.overlap.shape == out.cls_probs.shape[:2]
     plain = atss_loss(out, boxes, labels)
-    for name in plain:
-        assert torch.allclose(tal[name], hps[name])
-    assert not torch.allclose(tal["cls"], plain["cls"])  # the switch does change the assignment
+    assert not torch.equal(losses["cls"], plain["cls"])  # another assignment, another loss
 
 
 # ---------------------------------------------------------------------------- the RBF search

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import sigmoid_focal_loss
 
 from kit.det.losses import focal_loss_prob, giou_loss, one_hot, quality_focal_loss_prob
 
@@ -43,8 +43,16 @@ def test_probability_losses_reject_logits():
         focal_loss_prob(torch.randn(4, 3) * 5, torch.zeros(4, 3))
 
 
-def test_giou_loss_is_torchvision():
-    a = torch.tensor([[0.0, 0, 10, 10], [0, 0, 4, 4]])
-    b = torch.tensor([[0.0, 0, 10, 10], [5, 5, 9, 9]])
-    assert torch.allclose(giou_loss(a, b), generalized_box_iou_loss(a, b, reduction="none"))
-    assert giou_loss(a, b)[0] == 0 and giou_loss(a, b)[1] > 1
+def test_giou_loss_values_and_its_gradient_pull_the_box_onto_its_target():
+    """0 on the target, 1 - IoU inside the union's hull, above 1 for disjoint boxes, below 2."""
+    target = torch.tensor([[0.0, 0, 10, 10]] * 4)
+    pred = torch.tensor([[0.0, 0, 10, 10],  # the target itself
+                         [0.0, 0, 5, 10],  # half of it: IoU 0.5, the hull is the target
+                         [20.0, 0, 30, 10],  # disjoint: IoU 0, hull 30 x 10 of which 20 x 10 is covered
+                         [1000.0, 1000, 1001, 1001]], requires_grad=True)  # far away: close to 2
+    loss = giou_loss(pred, target)
+    expected = torch.tensor([0.0, 0.5, 1 + 1 / 3, 2.0])
+    assert torch.allclose(loss[:3], expected[:3]) and 1.99 < float(loss[3].detach()) < 2
+    loss[1:3].sum().backward()
+    assert pred.grad[1, 2] < 0  # the half box grows to the right, towards x2 = 10
+    assert pred.grad[2, 0] > 0  # the disjoint box moves left

@@ -22,3 +22,20 @@ def test_fpn_levels_share_channels():
 def test_backbone_rejects_bad_layouts():
     with pytest.raises(ValueError, match="4 widths"):
         TinyResNet((8, 16, 32))
+
+
+def test_backbone_keeps_its_checkpoint_keys_and_initial_weights():
+    """Checkpoints load by name and the same seed gives the same start: the conv-BN(-ReLU) units
+    are Sequentials indexed 0, 1(, 2) whose conv is drawn first, without bias."""
+    torch.manual_seed(0)
+    net = TinyResNet((8, 16, 32, 64))
+    keys = set(net.state_dict())
+    for key in ("stem.0.weight", "stem.1.running_mean", "stages.0.0.conv1.0.weight", "stages.0.0.conv1.1.bias",
+                "stages.0.0.conv2.0.weight", "stages.0.0.conv2.1.weight", "stages.0.0.shortcut.0.weight",
+                "stages.0.0.shortcut.1.num_batches_tracked"):
+        assert key in keys, key
+    assert not any(k.endswith("0.bias") and ".1." not in k for k in keys if k.startswith("stem.0"))
+    torch.manual_seed(0)
+    stem = torch.nn.Conv2d(3, 8, 3, 2, 1, bias=False)
+    assert torch.equal(net.stem[0].weight, stem.weight)
+    assert net.stem[0].padding == (1, 1) and net.stages[0][0].shortcut[0].padding == (0, 0)

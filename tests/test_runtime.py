@@ -37,3 +37,15 @@ def test_setup_sets_threads_and_determinism(monkeypatch):
     assert torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(False)
     assert 1 <= runtime.available_cores()
+
+
+def test_count_parameters_counts_weights_and_biases_once_each():
+    import torch
+
+    from kit.runtime import count_parameters
+
+    layer = torch.nn.Linear(3, 4)  # 12 weights + 4 biases
+    shared = torch.nn.Sequential(layer, layer)  # the same parameters twice: counted once
+    assert count_parameters(layer) == 16 and count_parameters(shared) == 16
+    layer.bias.requires_grad_(False)
+    assert count_parameters(layer, trainable_only=True) == 12 and count_parameters(layer) == 16

@@ -128,22 +128,28 @@ def test_feedback_stitches_after_a_low_ratio_and_starts_stitched():
         fb.update(1.2)
 
 
-def test_atss_loss_exposes_per_positive_box_losses(scenes):
-    from kit.det.atss import ATSSHead, atss_loss
+def test_atss_loss_and_ratio_reads_the_per_positive_box_losses(scenes):
+    from kit.det.atss import ATSSHead, atss_loss, atss_loss_terms
+    from kit.det.boxes import box_area
     from kit.det.detector import DenseDetector
+    from kit.det.stitch import atss_loss_and_ratio
 
     torch.manual_seed(0)
     model = DenseDetector(ATSSHead(6, 16, 16), widths=(8, 16, 16, 16), fpn_channels=16)
     images, boxes, labels = scenes.batch(range(4))
     out = model(images)
-    positives = {}
-    with_terms = atss_loss(out, boxes, labels, positives=positives)
+    losses, ratio = atss_loss_and_ratio(out, boxes, labels, small_area=16 ** 2)
     plain = atss_loss(out, boxes, labels)
-    assert all(torch.equal(with_terms[k], plain[k]) for k in plain)
-    p = len(positives["batch"])
-    assert p > 0 and positives["box_loss"].shape == (p,) and positives["target_boxes"].shape == (p, 4)
-    from kit.det.boxes import centerness_target
-    weight = centerness_target(out.priors.points[positives["prior"]], positives["target_boxes"]).sum()
-    assert torch.allclose(2.0 * positives["box_loss"].sum() / weight, plain["box"].detach())
-    for b, target in zip(positives["batch"].tolist(), positives["target_boxes"]):
+    assert all(torch.equal(losses[k], plain[k]) for k in plain)
+    terms = atss_loss_terms(out, boxes, labels)
+    p = len(terms.batch)
+    assert p > 0 and terms.box_losses.shape == (p,) and terms.target_boxes.shape == (p, 4)
+    # the per-positive terms add up to the normalised box loss
+    assert torch.allclose(2.0 * terms.box_losses.sum() / terms.centerness_targets.sum(), plain["box"])
+    for b, target in zip(terms.batch.tolist(), terms.target_boxes):
         assert (boxes[b] == target).all(-1).any()  # each target is one of its image's objects
+    small = box_area(terms.target_boxes) < 16 ** 2
+    assert 0 < small.sum() < p  # this batch has positives of small and of larger objects
+    box_losses = terms.box_losses.detach()
+    assert ratio == pytest.approx(float(box_losses[small].sum() / box_losses.sum()))
+    assert atss_loss_and_ratio(out, boxes, labels, small_area=1.0)[1] == 0.0

@@ -39,8 +39,12 @@ def test_level_grid_and_assignment(scenes):
 
 def test_training_curves():
     history = pd.DataFrame({"step": range(10), "loss": range(10)})
-    fig = curves.training_curves({"a": history, "b": history}, keys=["loss"], smooth=2, vlines={"warm-up": 4})
-    assert len(fig.axes[0].lines) == 3
+    fig = curves.training_curves({"a": history, "b": history * 2}, keys=["loss"], smooth=2, vlines={"warm-up": 4})
+    a, b, warm_up = fig.axes[0].lines
+    assert a.get_ydata().tolist() == [0.0] + [s - 0.5 for s in range(1, 10)]  # rolling mean of 2, the first alone
+    assert b.get_xdata().tolist() == [2 * s for s in range(10)] and b.get_ydata().tolist()[1] == 1.0
+    assert list(warm_up.get_xdata()) == [4, 4] and a.get_linestyle() == b.get_linestyle() == "-"
+    assert a.get_color() != b.get_color()
     plt.close(fig)
 
 

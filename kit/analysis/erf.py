@@ -18,6 +18,8 @@ object): the unit is then read by bilinear interpolation of the feature map, as 
 reads it. The model runs in eval mode, since BatchNorm in training mode mixes the images of a
 batch and the gradient of one image's unit would leak into the others.
 
+The theoretical RF itself is :mod:`kit.nn.receptive_field`'s.
+
 Luo et al. show the ERF of a deep rigid stack is roughly Gaussian and occupies a fraction of the
 theoretical RF. Deformable convolution (DCN) changes *where* a unit reads, so its theoretical
 RF is no longer a fixed box; Deformable Kernels change *how much* each rigid tap weighs, so the
@@ -26,31 +28,20 @@ RF stays rigid while the ERF moves (arXiv 1910.02940, Sec. 3).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from kit.ops.deform_conv import DeformConv2d, bilinear_sample
-from kit.ops.deformable_kernels import DeformableKernel2d
+from kit.ops.deform_conv import bilinear_sample
+from kit.runtime import evaluating
 
-__all__ = ["effective_receptive_field", "erf_radius", "erf_mass_inside", "centred_mean", "ReceptiveField",
-           "receptive_field"]
+__all__ = ["effective_receptive_field", "erf_radius", "erf_mass_inside", "centred_mean"]
 
 
-@contextlib.contextmanager
-def _eval_mode(feature_fn):
-    """Eval mode for the module behind ``feature_fn`` (a module, or a bound method of one)."""
+def _module_behind(feature_fn):
+    """The module that ``feature_fn`` is (or whose bound method it is), or None for a plain function."""
     module = feature_fn if isinstance(feature_fn, nn.Module) else getattr(feature_fn, "__self__", None)
-    if not isinstance(module, nn.Module):
-        yield
-        return
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
+    return module if isinstance(module, nn.Module) else None
 
 
 def effective_receptive_field(feature_fn, images: torch.Tensor, positions: torch.Tensor | None = None,
@@ -66,7 +57,9 @@ def effective_receptive_field(feature_fn, images: torch.Tensor, positions: torch
     if images.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
     images = images.detach().clone().requires_grad_(True)
-    with _eval_mode(feature_fn), torch.enable_grad():
+    module = _module_behind(feature_fn)
+    in_eval_mode = evaluating(module, grad=True) if module is not None else contextlib.nullcontext()
+    with in_eval_mode, torch.enable_grad():
         features = feature_fn(images)
         if not isinstance(features, torch.Tensor) or features.dim() != 4 or features.shape[0] != images.shape[0]:
             raise ValueError("feature_fn must return one (B, C, h, w) feature map for a batch of B images")
@@ -127,92 +120,3 @@ def centred_mean(erfs: torch.Tensor, centres: torch.Tensor, size: int) -> torch.
     rows, cols = centres.round().long().unbind(1)
     windows = [padded[i, r:r + size, c:c + size] for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist()))]
     return torch.stack(windows).mean(0)
-
-
-# --------------------------------------------------------------------------- theoretical RF
-
-
-@dataclass(frozen=True)
-class ReceptiveField:
-    """The theoretical RF of a rigid stack, per axis ``(rows, cols)``, in input pixels.
-
-    size: the RF's extent; jump: input pixels between neighbouring output units; start: the
-    input position (pixel index, fractional for even kernels) of output unit (0, 0)'s centre.
-    """
-
-    size: tuple[int, int] = (1, 1)
-    jump: tuple[int, int] = (1, 1)
-    start: tuple[float, float] = (0.0, 0.0)
-
-    def centre(self, row: float, col: float) -> tuple[float, float]:
-        """Input position (pixel index) of output unit ``(row, col)``."""
-        return (self.start[0] + row * self.jump[0], self.start[1] + col * self.jump[1])
-
-    def box(self, row: float, col: float) -> tuple[float, float, float, float]:
-        """The RF of unit ``(row, col)`` as an ``(x0, y0, x1, y1)`` box in continuous image coordinates.
-
-        Pixel ``i`` covers ``[i, i + 1)``; the box is not clipped to the image (padding reads zeros).
-        """
-        y, x = self.centre(row, col)
-        return (x + 0.5 - self.size[1] / 2, y + 0.5 - self.size[0] / 2,
-                x + 0.5 + self.size[1] / 2, y + 0.5 + self.size[0] / 2)
-
-    def to_feature(self, y: float, x: float) -> tuple[float, float]:
-        """Continuous image point ``(y, x)`` -> fractional ``(row, col)`` on the output grid."""
-        return ((y - 0.5 - self.start[0]) / self.jump[0], (x - 0.5 - self.start[1]) / self.jump[1])
-
-    def then(self, kernel, stride, padding, dilation) -> "ReceptiveField":
-        """The RF after one more rigid layer with these (per-axis) parameters."""
-        size, jump, start = [], [], []
-        for axis in range(2):
-            span = dilation[axis] * (kernel[axis] - 1)  # extent of the dilated kernel minus one
-            size.append(self.size[axis] + span * self.jump[axis])
-            start.append(self.start[axis] + (span / 2 - padding[axis]) * self.jump[axis])
-            jump.append(self.jump[axis] * stride[axis])
-        return ReceptiveField(tuple(size), tuple(jump), tuple(start))
-
-
-_NEUTRAL = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Identity, nn.Dropout, nn.GroupNorm,
-            nn.Sigmoid, nn.Hardswish, nn.LeakyReLU)
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
-def receptive_field(layers, deformable: str = "error", rf: ReceptiveField | None = None) -> ReceptiveField:
-    """The theoretical RF of a chain of layers, walked in order (``nn.Sequential`` is entered).
-
-    Counted: ``nn.Conv2d``, ``nn.MaxPool2d``, ``nn.AvgPool2d`` and
-    :class:`~kit.ops.deformable_kernels.DeformableKernel2d` (its rigid ``K x K`` taps: DK does not
-    move the RF). Position-wise layers (BatchNorm, activations, ...) leave it unchanged. A
-    :class:`~kit.ops.deform_conv.DeformConv2d` has no fixed RF (its offsets are unbounded):
-    ``deformable="error"`` raises, ``"rigid"`` counts its zero-offset grid. Any other module with
-    children may branch (a residual block): pass the layers of its longest path instead.
-    """
-    if deformable not in ("error", "rigid"):
-        raise ValueError(f"deformable must be 'error' or 'rigid', got {deformable!r}")
-    rf = rf or ReceptiveField()
-    for layer in ([layers] if isinstance(layers, nn.Module) and not isinstance(layers, nn.Sequential) else layers):
-        if isinstance(layer, nn.Sequential):
-            rf = receptive_field(layer, deformable, rf)
-        elif isinstance(layer, DeformConv2d):
-            if deformable == "error":
-                raise ValueError("a DeformConv2d has no fixed theoretical receptive field (its offsets are "
-                                 "unbounded); pass deformable='rigid' to count its zero-offset grid")
-            rf = rf.then(layer.kernel_size, layer.stride, layer.padding, layer.dilation)
-        elif isinstance(layer, DeformableKernel2d):
-            rf = rf.then(layer.kernel_size, layer.stride, layer.padding, layer.dilation)
-        elif isinstance(layer, nn.Conv2d):
-            rf = rf.then(layer.kernel_size, layer.stride, layer.padding, layer.dilation)
-        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-            dilation = getattr(layer, "dilation", 1)
-            rf = rf.then(_pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size), _pair(layer.padding),
-                         _pair(dilation))
-        elif isinstance(layer, _NEUTRAL) or not any(True for _ in layer.children()):
-            if not isinstance(layer, _NEUTRAL):
-                raise ValueError(f"receptive_field does not know how {type(layer).__name__} moves pixels")
-        else:
-            raise ValueError(f"{type(layer).__name__} has sub-modules that may branch; pass the layers of "
-                             "its longest path (e.g. [block.conv1, block.conv2]) instead")
-    return rf

@@ -8,7 +8,7 @@ product of the modulation scalars along it, which the figures draw as the points
 Conventions: positions are traced through the deformable layers only (the rigid layers
 between them are treated as not moving positions, as in the papers' figures); a position that
 falls between units takes the offsets of the nearest unit; offset group 0 is followed. Every
-layer's grids are placed in the image by :class:`kit.analysis.erf.ReceptiveField` (``start``
+layer's grids are placed in the image by :class:`kit.nn.receptive_field.ReceptiveField` (``start``
 and ``jump`` of its input grid), so stride and padding are accounted for exactly.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kit.analysis.erf import ReceptiveField
+from kit.nn.receptive_field import ReceptiveField
 from kit.ops.deform_conv import DeformConv2d, sampling_positions
+from kit.runtime import evaluating
 
 __all__ = ["DeformTrace", "record_deformable", "stacked_sampling_points"]
 
@@ -63,13 +64,10 @@ def record_deformable(model: nn.Module, images: torch.Tensor, input_grids: dict,
     if missing:
         raise ValueError(f"input_grids lacks {len(missing)} of the model's {len(layers)} DeformConv2d layers")
     handles = [m.register_forward_hook(hook) for m in layers]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model):
             (forward or model)(images)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return [[DeformTrace(offset[n], None if mask is None else mask[n], input_grids[layer], layer.kernel_size,
@@ -80,12 +78,13 @@ def record_deformable(model: nn.Module, images: torch.Tensor, input_grids: dict,
 def stacked_sampling_points(traces: list[DeformTrace], row: float, col: float):
     """Image positions reached from unit ``(row, col)`` of the last traced layer, back through all.
 
-    Returns points (K**L, 2) as ``(y, x)`` pixel-index positions in the image, and weights
-    (K**L,): the product of the masks along each path (all ones without modulation).
+    Returns points (K**L, 2) as ``(x, y)`` pixel-index positions in the image (pixel ``i``'s
+    centre is ``i + 0.5`` in continuous coordinates), and weights (K**L,): the product of the
+    masks along each path (all ones without modulation).
     """
     if not traces:
         raise ValueError("need at least one DeformTrace")
-    points = torch.tensor([[float(row), float(col)]])  # on the last layer's output grid
+    points = torch.tensor([[float(row), float(col)]])  # (row, col) on the last layer's output grid
     weights = torch.ones(1)
     for depth, trace in enumerate(reversed(traces)):
         if depth > 0:  # image position -> the output grid of this (earlier) layer
@@ -106,5 +105,5 @@ def stacked_sampling_points(traces: list[DeformTrace], row: float, col: float):
         grid = trace.input_grid  # input grid -> image pixel positions
         taps = taps.reshape(-1, 2)
         points = torch.stack([grid.start[0] + taps[:, 0] * grid.jump[0], grid.start[1] + taps[:, 1] * grid.jump[1]],
-                             dim=1)
-    return points, weights
+                             dim=1)  # (P*K, 2) as (row, col) pixel indices
+    return points.flip(-1), weights  # as (x, y)

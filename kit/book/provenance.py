@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit import paths
+from kit.profiles import PROFILES
 
-PROFILE_RANK = {"smoke": 0, "cpu": 1, "gpu": 2}
+PROFILE_RANK = {name: rank for rank, name in enumerate(PROFILES)}  # smallest scale first
 
 
 def code_hash(notebook: dict) -> str:

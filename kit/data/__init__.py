@@ -1,1 +1,15 @@
-"""Generated datasets: nothing is ever downloaded. See :mod:`kit.data.shapes`."""
+"""Generated datasets: nothing is ever downloaded; every set is drawn from a seed.
+
+- :mod:`kit.data.shapes` — shape scenes for detection and segmentation: boxes, labels, visible
+  masks, COCO export (most pages).
+- :mod:`kit.data.context_scenes` — one key ring decides every object's label (P41's spatial
+  attention); its slot sampling and painting also draw :mod:`kit.data.two_ring_scenes`.
+- :mod:`kit.data.two_ring_scenes` — two rings, each object reads the nearer one (P41's exercise).
+- :mod:`kit.data.finegrained` — classes that differ by one small marker (P30, DCAL).
+- :mod:`kit.data.raster` — the drawing maths the generators share: pixel centres, object frames,
+  shape tests, HSV colours, textured backgrounds, discs, tight boxes.
+- :mod:`kit.data.dataset` — :class:`~kit.data.dataset.GeneratedDataset`, the base of every
+  dataset (``len``, ``to``, ``subset``, ``batch``, ``batch_for``, ``batches``), and ``check_config``.
+- :mod:`kit.data.sampling` — ``epoch_sampler``: the indices of a training step, a pure function of it.
+- :mod:`kit.data.cache` — the verified on-disk cache of generated tensors (CPU shape scenes).
+"""

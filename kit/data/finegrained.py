@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kit.data.shapes import _INSIDE_TESTS, _background, _hsv_to_rgb
+from kit.data.dataset import GeneratedDataset, check_config
+from kit.data.raster import background, discs, hsv_to_rgb, masks_by_shape, object_frame, pixel_centres, uniform
 
 BASE_SHAPES = ("circle", "square", "triangle", "diamond", "half-disc", "star", "ring", "cross")
 # Marker colours (RGB): saturated or black/white, so they stand out from the muted bases.
@@ -53,7 +54,7 @@ class FineShapesConfig:
     seed: int = 0
 
     def __post_init__(self):
-        checks = [
+        check_config(self, [
             (self.images_per_class >= 1, "images_per_class must be >= 1"),
             (1 <= self.num_bases <= len(BASE_SHAPES), f"num_bases must be in 1..{len(BASE_SHAPES)}"),
             (1 <= self.num_details <= len(MARKER_COLOURS), f"num_details must be in 1..{len(MARKER_COLOURS)}"),
@@ -63,10 +64,7 @@ class FineShapesConfig:
             (self.max_distractors >= 0, "max_distractors must be >= 0"),
             (self.texture >= 0, "texture must be >= 0"),
             (self.seed >= 0, "seed must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"FineShapesConfig: {message} (got {self})")
+        ])
 
     @property
     def num_classes(self) -> int:
@@ -74,9 +72,10 @@ class FineShapesConfig:
 
 
 @dataclass
-class FineShapes:
+class FineShapes(GeneratedDataset):
     """A generated set. images (B, 3, H, W) uint8; labels, bases, details (B,) long;
-    markers (B, 2) the marker's centre (x, y) in pixels; object_masks (B, H, W) bool."""
+    markers (B, 2) the marker's centre (x, y) in pixels; object_masks (B, H, W) bool.
+    ``batch`` returns images (B, 3, H, W) and labels (B,)."""
 
     config: FineShapesConfig
     images: torch.Tensor
@@ -86,22 +85,10 @@ class FineShapes:
     markers: torch.Tensor
     object_masks: torch.Tensor
 
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
     @property
     def class_names(self) -> list[str]:
         c = self.config
         return [f"{BASE_SHAPES[b]}+{MARKER_NAMES[d]}" for b in range(c.num_bases) for d in range(c.num_details)]
-
-    def batch(self, indices, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float images in [0, 1] (B, 3, H, W) and labels (B,), on ``device``."""
-        indices = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
-        return self.images[indices].to(device).float().div_(255), self.labels[indices].to(device)
-
-    def to(self, device) -> "FineShapes":
-        fields = ("images", "labels", "bases", "details", "markers", "object_masks")
-        return FineShapes(self.config, **{k: getattr(self, k).to(device) for k in fields})
 
 
 def _random_pixel(allowed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -115,66 +102,73 @@ def _random_pixel(allowed: torch.Tensor, generator: torch.Generator) -> torch.Te
     return torch.stack([flat % w, flat // w], dim=1).float() + 0.5
 
 
-def _disc(centres: torch.Tensor, radius: float, size: int) -> torch.Tensor:
-    """Discs (B, H, W) bool around (B, 2) (x, y) centres."""
-    grid = torch.arange(size, dtype=torch.float32) + 0.5
-    dx = grid[None, None, :] - centres[:, 0, None, None]
-    dy = grid[None, :, None] - centres[:, 1, None, None]
-    return dx * dx + dy * dy <= radius * radius
+def _erode(masks: torch.Tensor, reach: int) -> torch.Tensor:
+    """Pixels (B, H, W) whose whole (2 reach + 1)-square neighbourhood is in ``masks``."""
+    return -F.max_pool2d(-masks[:, None].float(), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0.5
+
+
+def _dilate(masks: torch.Tensor, reach: int) -> torch.Tensor:
+    """Pixels (B, H, W) with a pixel of ``masks`` in their (2 reach + 1)-square neighbourhood."""
+    return F.max_pool2d(masks[:, None].float(), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0.5
 
 
 def generate_finegrained(config: FineShapesConfig) -> FineShapes:
     """Draw the set ``config`` describes (deterministic in ``config.seed``)."""
-    c, size = config, config.image_size
+    c = config
     generator = torch.Generator().manual_seed(c.seed * 1_000_003 + 17)
     count = c.num_classes * c.images_per_class
     labels = torch.arange(c.num_classes).repeat_interleave(c.images_per_class)
     labels = labels[torch.randperm(count, generator=generator)]
     bases, details = labels // c.num_details, labels % c.num_details
-    uniform = lambda low, high, shape=(count,): low + (high - low) * torch.rand(shape, generator=generator)
-
-    # The object: base shape, size, aspect, small rotation, position (mostly inside the image).
-    extent = uniform(c.min_extent, c.max_extent) * size
-    aspect = torch.exp(uniform(-math.log(1.3), math.log(1.3)))
-    half_w, half_h = extent / 2 * aspect.clamp(max=1), extent / 2 / aspect.clamp(min=1)
-    rotation = uniform(-math.pi / 8, math.pi / 8)
-    centre = torch.stack([uniform(0.35 * extent, size - 0.35 * extent) for _ in range(2)], dim=1)  # (B, 2)
-    grid = torch.arange(size, dtype=torch.float32) + 0.5
-    gy, gx = torch.meshgrid(grid, grid, indexing="ij")  # (H, W)
-    dx, dy = gx - centre[:, 0, None, None], gy - centre[:, 1, None, None]  # (B, H, W)
-    cos, sin = rotation.cos()[:, None, None], rotation.sin()[:, None, None]
-    u = (dx * cos + dy * sin) / half_w[:, None, None]
-    v = (dx * sin - dy * cos) / half_h[:, None, None]
-    masks = torch.zeros((count, size, size), dtype=torch.bool)
-    for base in range(c.num_bases):
-        chosen = bases == base
-        masks[chosen] = _INSIDE_TESTS[BASE_SHAPES[base]](u[chosen], v[chosen])
+    masks = _draw_objects(c, bases, generator)  # (B, H, W)
 
     # The marker sits well inside the object: its centre is a pixel whose whole disc is on the object.
     # A disc of radius r covers pixel offsets up to floor(r), so a (2 floor(r) + 1) square erosion suffices.
     reach = int(c.marker_radius)
-    inner = -F.max_pool2d(-masks[:, None].float(), 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0.5
+    inner = _erode(masks, reach)
     inner = torch.where(inner.flatten(1).any(1)[:, None, None], inner, masks)  # thin objects: any object pixel
-    markers = _random_pixel(inner, generator)
-    marker_masks = _disc(markers, c.marker_radius, size) & masks
+    markers = _random_pixel(inner, generator)  # (B, 2)
+    marker_masks = discs(markers, c.marker_radius, c.image_size) & masks
 
     # Colours: each base has a muted hue of its own (+ jitter); markers use the fixed palette.
-    base_hue = (bases.float() / c.num_bases + 0.08 + uniform(-0.03, 0.03)) % 1
-    base_rgb = _hsv_to_rgb(base_hue, uniform(0.3, 0.5), uniform(0.45, 0.7))  # (B, 3)
-    image = _background(generator, count, size, c.texture, "cpu")  # (B, 3, H, W)
-    shading = 1 + 0.06 * torch.randn((count, 1, size, size), generator=generator)
+    base_hue = (bases.float() / c.num_bases + 0.08 + uniform(generator, -0.03, 0.03, (count,))) % 1
+    base_rgb = hsv_to_rgb(base_hue, uniform(generator, 0.3, 0.5, (count,)),
+                          uniform(generator, 0.45, 0.7, (count,)))  # (B, 3)
+    image = background(generator, count, c.image_size, c.texture)  # (B, 3, H, W)
+    shading = 1 + 0.06 * torch.randn((count, 1, c.image_size, c.image_size), generator=generator)
     image = torch.where(masks[:, None], base_rgb[:, :, None, None] * shading, image)
     palette = MARKER_COLOURS[: c.num_details]
     image = torch.where(marker_masks[:, None], palette[details][:, :, None, None], image)
-
-    # Distractor dots in marker colours, off the object (and off its border).
-    near_object = F.max_pool2d(masks[:, None].float(), 2 * reach + 3, stride=1, padding=reach + 1)[:, 0] > 0.5
-    num_distractors = torch.randint(0, c.max_distractors + 1, (count,), generator=generator)
-    for slot in range(c.max_distractors):
-        where = _random_pixel(~near_object, generator)
-        colour = palette[torch.randint(0, c.num_details, (count,), generator=generator)]  # (B, 3)
-        dots = _disc(where, c.marker_radius, size) & ~near_object & (slot < num_distractors)[:, None, None]
-        image = torch.where(dots[:, None], colour[:, :, None, None], image)
-
+    image = _add_distractors(image, _dilate(masks, reach + 1), c, palette, generator)
     images = (image.clamp(0, 1) * 255).round().to(torch.uint8)
     return FineShapes(c, images, labels, bases, details, markers, masks)
+
+
+def _draw_objects(c: FineShapesConfig, bases: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Object masks (B, H, W): each image's base shape, sized, stretched, slightly rotated, placed
+    with most of it inside the image."""
+    count, size = len(bases), c.image_size
+    extent = uniform(generator, c.min_extent, c.max_extent, (count,)) * size  # longer side, pixels
+    aspect = torch.exp(uniform(generator, -math.log(1.3), math.log(1.3), (count,)))
+    half_w, half_h = extent / 2 * aspect.clamp(max=1), extent / 2 / aspect.clamp(min=1)
+    rotation = uniform(generator, -math.pi / 8, math.pi / 8, (count,))
+    centre = torch.stack([uniform(generator, 0.35 * extent, size - 0.35 * extent, (count,)) for _ in range(2)],
+                         dim=1)  # (B, 2)
+    gy, gx = pixel_centres(size)  # (H, W)
+    per_image = lambda t: t[:, None, None]  # (B,) -> (B, 1, 1)
+    u, v = object_frame(gx, gy, per_image(centre[:, 0]), per_image(centre[:, 1]), per_image(half_w),
+                        per_image(half_h), per_image(rotation))  # (B, H, W)
+    return masks_by_shape(BASE_SHAPES[: c.num_bases], bases, u, v)
+
+
+def _add_distractors(image, near_object, c: FineShapesConfig, palette, generator) -> torch.Tensor:
+    """Paint 0 .. max_distractors dots per image in marker colours, off the object and its border
+    (``near_object`` (B, H, W)); image (B, 3, H, W) float."""
+    count = image.shape[0]
+    num_distractors = torch.randint(0, c.max_distractors + 1, (count,), generator=generator)
+    for slot in range(c.max_distractors):
+        where = _random_pixel(~near_object, generator)  # (B, 2)
+        colour = palette[torch.randint(0, c.num_details, (count,), generator=generator)]  # (B, 3)
+        dots = discs(where, c.marker_radius, c.image_size) & ~near_object & (slot < num_distractors)[:, None, None]
+        image = torch.where(dots[:, None], colour[:, :, None, None], image)
+    return image

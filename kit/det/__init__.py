@@ -1,1 +1,30 @@
-"""Dense detection: boxes, priors, assigners, losses, heads and post-processing."""
+"""Detection: dense one-stage detectors, set (DETR-style) detectors, and what they share.
+
+Shared pieces
+
+- ``boxes`` — box utilities (xyxy pixels): IoU, areas, centres, ltrb distances, centre-ness.
+- ``priors`` — point priors: one location per feature-map cell on every FPN level.
+- ``validation`` — checks on ground truth and probabilities that losses and assigners take.
+- ``losses`` — focal loss (on logits and on probabilities), quality focal loss, GIoU.
+- ``assigners`` — label assignment (max-IoU, ATSS, TOOD's TAL, static top-k), returning an ``Assignment``.
+- ``postprocess`` — score threshold, pre-NMS top-k, class-wise NMS of dense predictions.
+
+Dense detectors (one paper's mechanism per module)
+
+- ``detector`` — ``DenseDetector`` (backbone, FPN, a ``DenseHead``), ``DenseOutput``, ``dense_detector``.
+- ``atss`` — ATSS's head and loss, the chapter's baseline; ``atss_loss_terms`` for papers that build on it.
+- ``tood`` — TOOD: the task-aligned head (T-Head) and Task Alignment Learning.
+- ``autoassign`` — AutoAssign: differentiable label assignment with a centre prior and ImpObj.
+- ``borderdet`` — BorderDet: border alignment and a second, refining stage.
+- ``cross_dataset`` — cross-dataset training: merged label spaces, the dataset-aware focal loss.
+- ``stitch`` — Stitcher: stitched images and the small-object feedback rule.
+- ``hps`` — HPS-Det: the number of positives per object as a (searched, dynamic) hyper-parameter.
+
+Set detectors
+
+- ``hungarian`` — Hungarian matching and the set loss.
+- ``transformer`` — DETR's transformer layers.
+- ``set_detector`` — what set detectors share at test time (top-k over query-class pairs, no NMS).
+- ``detr`` — a small DETR.
+- ``deformable_detr`` — a small Deformable DETR.
+"""

@@ -12,26 +12,38 @@ a centre-ness branch on the regression tower, and mmdetection's ATSS losses:
 * centre-ness: BCE with logits against the centre-ness target, / number of positives.
 
 At test time the score is ``sigmoid(cls) * sigmoid(centerness)``.
+
+The head's settings (``anchor_scale``, ``topk``) are attributes of :class:`ATSSHead`, which its
+:meth:`ATSSHead.loss` passes on. :func:`atss_loss_terms` returns the terms before they are
+summed, for the papers that build on ATSS's loss (cross-dataset training masks the
+classification term, Stitcher reads the per-positive box losses, HPS-Det passes its own
+assignment); those live in their own modules.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import Conv2dNormActivation, sigmoid_focal_loss
 
-from kit.det.assigners import atss_assign
+from kit.det.assigners import Assignment, atss_assign
 from kit.det.boxes import centerness_target
-from kit.det.detector import DenseOutput, Scale, gather_targets, pad_targets
-from kit.det.losses import giou_loss, one_hot, sigmoid_focal_loss
-from kit.det.validation import check_gt
+from kit.det.detector import DenseHead, DenseOutput, Scale, gather_targets, pad_targets
+from kit.det.losses import giou_loss, one_hot
+from kit.det.validation import check_gt, check_shape
+
+ANCHOR_SCALE = 4.0  # a point prior's anchor box is a square of side anchor_scale * stride
+TOPK = 9  # ATSS's candidates per level and object
+BOX_WEIGHT = 2.0  # weight of the GIoU term (mmdetection's ATSS config)
 
 
-def conv_gn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+def conv_gn_relu(in_channels: int, out_channels: int) -> Conv2dNormActivation:
     """3x3 conv + GroupNorm (8 channels a group) + ReLU, the unit of every head tower."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                         nn.GroupNorm(max(1, out_channels // 8), out_channels), nn.ReLU(inplace=True))
+    return Conv2dNormActivation(in_channels, out_channels, kernel_size=3,
+                                norm_layer=lambda channels: nn.GroupNorm(max(1, channels // 8), channels))
 
 
 def prior_bias(probability: float = 0.01) -> float:
@@ -39,13 +51,17 @@ def prior_bias(probability: float = 0.01) -> float:
     return -math.log((1 - probability) / probability)
 
 
-class ATSSHead(nn.Module):
-    """Two towers of ``stacked_convs`` conv-GN-ReLU, then cls (C), box (4) and centre-ness (1)."""
+class ATSSHead(DenseHead):
+    """Two towers of ``stacked_convs`` conv-GN-ReLU, then cls (C), box (4) and centre-ness (1).
+
+    ``anchor_scale`` and ``topk`` configure the assignment that :meth:`loss` uses.
+    """
 
     def __init__(self, num_classes: int, in_channels: int = 64, feat_channels: int = 64,
-                 stacked_convs: int = 2, num_levels: int = 3):
-        super().__init__()
-        self.num_classes, self.in_channels = num_classes, in_channels  # DenseDetector checks in_channels
+                 stacked_convs: int = 2, num_levels: int = 3, anchor_scale: float = ANCHOR_SCALE,
+                 topk: int = TOPK):
+        super().__init__(num_classes, in_channels)
+        self.anchor_scale, self.topk = anchor_scale, topk
         self.cls_tower = nn.Sequential(*[conv_gn_relu(in_channels if i == 0 else feat_channels, feat_channels)
                                          for i in range(stacked_convs)])
         self.reg_tower = nn.Sequential(*[conv_gn_relu(in_channels if i == 0 else feat_channels, feat_channels)
@@ -75,6 +91,8 @@ class ATSSHead(nn.Module):
                 "cls_feat": cls_feat, "reg_feat": reg_feat}
 
     def forward(self, features, level_points, strides) -> dict:
+        """Per level: ``cls_probs`` / ``cls_logits`` (B, C, H, W), ``distances`` (B, 4, H, W) ltrb
+        in strides, ``centerness_logits`` (B, 1, H, W); features [(B, in_channels, H, W)]."""
         out = {"cls_probs": [], "cls_logits": [], "distances": [], "centerness_logits": []}
         for x, scale in zip(features, self.scales):
             level = self.level_outputs(x, scale)
@@ -82,76 +100,89 @@ class ATSSHead(nn.Module):
                 out[key].append(level[key])
         return out
 
+    def loss(self, out: DenseOutput, gt_boxes: list, gt_labels: list, **options) -> dict[str, torch.Tensor]:
+        """:func:`atss_loss` with this head's ``anchor_scale`` and ``topk`` (options: ``box_weight``)."""
+        return atss_loss(out, gt_boxes, gt_labels, anchor_scale=self.anchor_scale, topk=self.topk, **options)
 
-def atss_targets(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale: float = 4.0, topk: int = 9):
-    """ATSS assignment for every image: object index per prior (B, N), -1 for negatives.
 
-    gt_boxes / gt_labels: one (M_i, 4) / (M_i,) tensor per image, validated by
-    :func:`kit.det.validation.check_gt` (finite xyxy boxes of ``out.boxes``' dtype, labels in range).
+def atss_targets(out: DenseOutput, gt_boxes: list, anchor_scale: float = ANCHOR_SCALE, topk: int = TOPK,
+                 *, validate: bool = True) -> Assignment:
+    """ATSS's assignment for every image of a batch: an :class:`Assignment` of (B, N) tensors.
+
+    gt_boxes: one (M_i, 4) xyxy tensor per image, validated (:func:`kit.det.validation.check_gt`)
+    unless the caller has done so (``validate=False``).
     """
-    check_gt(gt_boxes, gt_labels, out.cls_probs.shape[0], out.cls_probs.shape[-1], like=out.boxes)
-    return _atss_assignment(out, gt_boxes, anchor_scale, topk)
+    if validate:
+        check_gt(gt_boxes, None, out.cls_probs.shape[0], like=out.boxes)
+    anchors = out.priors.anchor_boxes(anchor_scale)  # (N, 4)
+    per_image = [atss_assign(anchors, out.priors.num_per_level, boxes, topk, validate=False) for boxes in gt_boxes]
+    return Assignment(torch.stack([a.gt_index for a in per_image]), torch.stack([a.overlap for a in per_image]))
 
 
-def _atss_assignment(out: DenseOutput, gt_boxes: list, anchor_scale: float, topk: int) -> torch.Tensor:
-    """:func:`atss_targets` on ground truth the caller has validated already."""
-    anchors = out.priors.anchor_boxes(anchor_scale)
-    return torch.stack([atss_assign(anchors, out.priors.num_per_level, boxes, topk, validate=False)[0]
-                        for boxes in gt_boxes])
+@dataclass
+class ATSSLossTerms:
+    """ATSS's three losses before they are summed and normalised, P positives over the batch."""
+
+    cls_logits: torch.Tensor  # (B*N, C) float32, priors in the order of flatten(0, 1)
+    cls_targets: torch.Tensor  # (B*N, C) one-hot of the assigned class, background rows zero
+    num_pos: float  # max(1, P): the normaliser of the classification and centre-ness losses
+    batch: torch.Tensor  # (P,) image of each positive
+    prior: torch.Tensor  # (P,) prior index of each positive
+    target_boxes: torch.Tensor  # (P, 4) xyxy px, the box of each positive's object
+    centerness_targets: torch.Tensor  # (P,)
+    box_losses: torch.Tensor  # (P,) GIoU loss x centre-ness target
+    centerness_logits: torch.Tensor  # (P,) float32
+
+    def cls_loss(self) -> torch.Tensor:
+        """Sigmoid focal loss (alpha 0.25, gamma 2) summed over priors and classes, / num_pos."""
+        return sigmoid_focal_loss(self.cls_logits, self.cls_targets, alpha=0.25, gamma=2.0,
+                                  reduction="sum") / self.num_pos
+
+    def box_loss(self, box_weight: float = BOX_WEIGHT) -> torch.Tensor:
+        """``box_weight`` x the centre-ness-weighted GIoU losses / the sum of the weights."""
+        return box_weight * self.box_losses.sum() / self.centerness_targets.sum().clamp(min=1.0)
+
+    def centerness_loss(self) -> torch.Tensor:
+        """BCE with logits against the centre-ness targets, summed over positives, / num_pos."""
+        return F.binary_cross_entropy_with_logits(self.centerness_logits, self.centerness_targets,
+                                                  reduction="sum") / self.num_pos
+
+    def losses(self, box_weight: float = BOX_WEIGHT) -> dict[str, torch.Tensor]:
+        return {"cls": self.cls_loss(), "box": self.box_loss(box_weight), "centerness": self.centerness_loss()}
 
 
-def atss_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale: float = 4.0,
-              topk: int = 9, box_weight: float = 2.0, label_mask: torch.Tensor | None = None,
-              positives: dict | None = None, targets_fn=None) -> dict:
-    """mmdetection's ATSS loss for a batch. gt_boxes/gt_labels: per-image (M_i, 4) / (M_i,).
+def atss_loss_terms(out: DenseOutput, gt_boxes: list, gt_labels: list, assigned: torch.Tensor | None = None,
+                    anchor_scale: float = ANCHOR_SCALE, topk: int = TOPK) -> ATSSLossTerms:
+    """The terms of ATSS's loss for a batch, for the assignment ``assigned`` (B, N) (object index
+    per prior, -1 background; default: ATSS's own, :func:`atss_targets`).
 
-    Optional switches (defaults keep the plain ATSS loss):
-
-    * ``label_mask`` (B, C) bool: the classes each image's dataset labels; the classification
-      loss is then the dataset-aware focal loss (cross-dataset training,
-      :func:`kit.det.cross_dataset.dataset_aware_focal_loss`), which ignores the other classes;
-    * ``positives``: a dict filled with the per-positive terms: ``batch``, ``prior`` (P,),
-      ``target_boxes`` (P, 4) and ``box_loss`` (P,), each positive's centre-ness-weighted GIoU
-      before normalisation (detached; Stitcher's small-object feedback);
-    * ``targets_fn(out, gt_boxes, gt_labels) -> assigned (B, N)`` replaces ATSS's assignment
-      (HPS-Det's static / dynamic top-k, :mod:`kit.det.hps`).
-
-    The ground truth is validated first (:func:`kit.det.validation.check_gt`): one list per
-    image, finite xyxy boxes of ``out.boxes``' dtype, labels in ``[0, C)``; a batch of 0 images
-    is refused.
+    gt_boxes / gt_labels: one (M_i, 4) / (M_i,) tensor per image, validated first
+    (:func:`kit.det.validation.check_gt`: finite xyxy boxes of ``out.boxes``' dtype, labels in
+    ``[0, C)``, at least one image).
     """
-    batch_size, num_classes = out.cls_probs.shape[0], out.cls_probs.shape[-1]
+    batch_size, num_priors, num_classes = out.cls_probs.shape
     check_gt(gt_boxes, gt_labels, batch_size, num_classes, like=out.boxes)
-    if label_mask is not None and tuple(label_mask.shape) != (batch_size, num_classes):
-        raise ValueError(f"label_mask must be (B, C) = ({batch_size}, {num_classes}), one row of labelled "
-                         f"classes per image, got {tuple(label_mask.shape)}")
-    if targets_fn is not None:
-        assigned = targets_fn(out, gt_boxes, gt_labels)  # (B, N)
-    else:
-        assigned = _atss_assignment(out, gt_boxes, anchor_scale, topk)  # (B, N)
-    matched_boxes, labels = gather_targets(assigned, *pad_targets(gt_boxes, gt_labels))
-    positive = labels >= 0  # (B, N)
-    num_pos = max(1.0, float(positive.sum()))
+    if assigned is None:
+        assigned = atss_targets(out, gt_boxes, anchor_scale, topk, validate=False).gt_index
+    check_shape("assigned", assigned, (batch_size, num_priors))
+    matched_boxes, labels = gather_targets(assigned, *pad_targets(gt_boxes, gt_labels))  # (B, N, 4), (B, N)
+    batch, prior = torch.nonzero(labels >= 0, as_tuple=True)  # the P positives
+    target_boxes = matched_boxes[batch, prior]  # (P, 4)
+    centerness = centerness_target(out.priors.points[prior], target_boxes)  # (P,)
+    return ATSSLossTerms(
+        cls_logits=out.cls_logits.flatten(0, 1).float(),  # (B*N, C)
+        cls_targets=one_hot(labels.flatten(), num_classes),  # (B*N, C)
+        num_pos=max(1.0, float(batch.numel())),
+        batch=batch, prior=prior, target_boxes=target_boxes, centerness_targets=centerness,
+        box_losses=giou_loss(out.boxes[batch, prior], target_boxes) * centerness,  # (P,)
+        centerness_logits=out.centerness_logits[batch, prior].float())  # (P,)
 
-    cls_target = one_hot(labels.flatten(), out.cls_probs.shape[-1])  # (B*N, C)
-    if label_mask is None:
-        loss_cls = sigmoid_focal_loss(out.cls_logits.flatten(0, 1).float(), cls_target,
-                                      alpha=0.25, gamma=2.0, reduction="sum") / num_pos
-    else:
-        # imported here so that notebooks without label masks do not depend on that module
-        from kit.det.cross_dataset import dataset_aware_focal_loss, prior_label_mask
 
-        loss_cls = dataset_aware_focal_loss(out.cls_logits.flatten(0, 1).float(), cls_target,
-                                            prior_label_mask(label_mask, labels.shape[1]))
+def atss_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, anchor_scale: float = ANCHOR_SCALE,
+              topk: int = TOPK, box_weight: float = BOX_WEIGHT) -> dict[str, torch.Tensor]:
+    """mmdetection's ATSS loss for a batch: ``{"cls", "box", "centerness"}``.
 
-    batch, prior = torch.nonzero(positive, as_tuple=True)  # the P positives
-    target = matched_boxes[batch, prior]  # (P, 4)
-    centerness = centerness_target(out.priors.points[prior], target)  # (P,)
-    box_per_positive = giou_loss(out.boxes[batch, prior], target) * centerness  # (P,)
-    loss_box = box_weight * box_per_positive.sum() / centerness.sum().clamp(min=1.0)
-    if positives is not None:  # per-positive terms for callers that need them (Stitcher's feedback)
-        positives.update(batch=batch, prior=prior, target_boxes=target,
-                         box_loss=box_per_positive.detach())
-    loss_centerness = F.binary_cross_entropy_with_logits(
-        out.centerness_logits[batch, prior].float(), centerness, reduction="sum") / num_pos
-    return {"cls": loss_cls, "box": loss_box, "centerness": loss_centerness}
+    gt_boxes / gt_labels: per image (M_i, 4) xyxy px / (M_i,), validated as in
+    :func:`atss_loss_terms`; a batch of 0 images is refused.
+    """
+    return atss_loss_terms(out, gt_boxes, gt_labels, anchor_scale=anchor_scale, topk=topk).losses(box_weight)

@@ -72,14 +72,17 @@ class CenterPrior(nn.Module):
 class AutoAssignHead(ATSSHead):
     """The ATSS/FCOS towers with AutoAssign's outputs: cls (C), ltrb (4, relu) and ImpObj (1).
 
-    The ImpObj conv sits on the regression tower where ATSS has centre-ness, so it reuses that
-    conv (``objectness_conv``) and the ``centerness_logits`` slot of :class:`DenseOutput`:
-    the test score ``cls * sigmoid(obj)`` is then exactly the official one.
+    The ImpObj conv sits on the regression tower where ATSS has centre-ness, so it is that conv
+    (``objectness_conv``); the head returns its output as ``objectness_logits``, and the test
+    score ``cls * sigmoid(obj)`` (:meth:`DenseOutput.detection_scores`) is the official one.
+    The head owns the learned :class:`CenterPrior` and the loss settings ``force_topk`` /
+    ``topk`` that :meth:`loss` passes to :func:`autoassign_loss`.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 64, feat_channels: int = 64,
-                 stacked_convs: int = 2, num_levels: int = 3):
+                 stacked_convs: int = 2, num_levels: int = 3, force_topk: bool = False, topk: int = 9):
         super().__init__(num_classes, in_channels, feat_channels, stacked_convs, num_levels)
+        self.force_topk, self.topk = force_topk, topk  # candidates of an object with no location inside
         self.center_prior = CenterPrior(num_classes)
         nn.init.constant_(self.cls_conv.bias, prior_bias(0.02))
         nn.init.constant_(self.reg_conv.bias, 4.0)  # relu(4) = 4 strides to every side at start
@@ -89,9 +92,25 @@ class AutoAssignHead(ATSSHead):
         return self.centerness_conv
 
     def decode_distances(self, raw: torch.Tensor, scale: nn.Module) -> torch.Tensor:
-        """``relu(scale * raw)`` strides (the official head), not ATSS's ``exp``; the
-        centre-ness slot holds ImpObj (same conv, see the class docstring)."""
+        """``relu(scale * raw)`` strides (the official head), not ATSS's ``exp``."""
         return F.relu(scale(raw)).float()  # (B, 4, H, W)
+
+    def forward(self, features, level_points, strides) -> dict:
+        """ATSS's per-level outputs, with the ImpObj logits (B, 1, H, W) as ``objectness_logits``."""
+        out = super().forward(features, level_points, strides)
+        out["objectness_logits"] = out.pop("centerness_logits")
+        return out
+
+    def loss(self, out: DenseOutput, gt_boxes: list, gt_labels: list) -> dict:
+        """:func:`autoassign_loss` with this head's centre prior and settings."""
+        return autoassign_loss(out, gt_boxes, gt_labels, self.center_prior, self.force_topk, self.topk)
+
+    def image_weights(self, out: DenseOutput, image: int, gt_boxes: torch.Tensor, gt_labels: torch.Tensor) -> dict:
+        """:func:`autoassign_weights` of one image of ``out`` (its (M, 4) boxes and (M,) labels), with
+        this head's centre prior and settings: what the loss weighs, for figures and diagnostics."""
+        return autoassign_weights(out.cls_probs[image], out.objectness_logits[image].sigmoid(), out.boxes[image],
+                                  out.priors.points, out.priors.strides, gt_boxes, gt_labels, self.center_prior,
+                                  self.force_topk, self.topk)
 
 
 def inside_mask(points: torch.Tensor, gt_boxes: torch.Tensor, prior: torch.Tensor,
@@ -156,13 +175,13 @@ def autoassign_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, center_pr
                     neg_loss_weight: float = 0.75, center_loss_weight: float = 0.75) -> dict:
     """AutoAssign's loss for a batch; gt_boxes / gt_labels per image (M_i, 4) / (M_i,).
 
-    ``out.centerness_logits`` holds the ImpObj logits (:class:`AutoAssignHead`). The ground
-    truth is validated first (:func:`kit.det.validation.check_gt`).
+    ``out.objectness_logits`` (B, N) are the ImpObj logits (:class:`AutoAssignHead`). The
+    ground truth is validated first (:func:`kit.det.validation.check_gt`).
     """
-    if out.centerness_logits is None:
-        raise ValueError("AutoAssign needs the ImpObj logits in out.centerness_logits (use AutoAssignHead)")
+    if out.objectness_logits is None:
+        raise ValueError("AutoAssign needs the ImpObj logits in out.objectness_logits (use AutoAssignHead)")
     check_gt(gt_boxes, gt_labels, out.cls_probs.shape[0], out.cls_probs.shape[-1], like=out.boxes)
-    cls_probs, obj_probs = out.cls_probs.float(), out.centerness_logits.float().sigmoid()  # (B, N, C), (B, N)
+    cls_probs, obj_probs = out.cls_probs.float(), out.objectness_logits.float().sigmoid()  # (B, N, C), (B, N)
     pos_losses, neg_losses, center_losses, prior_mass = [], [], [], []
     for b, (boxes, labels) in enumerate(zip(gt_boxes, gt_labels)):
         w = autoassign_weights(cls_probs[b], obj_probs[b], out.boxes[b].float(), out.priors.points,

@@ -29,16 +29,23 @@ and the score threshold is applied to the final score rather than to ``sqrt(cls 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import Conv2dNormActivation
 
-from kit.det.atss import ATSSHead, atss_loss, prior_bias
+from kit.det.atss import ATSSHead, prior_bias
 from kit.det.boxes import box_iou, distance2bbox
-from kit.det.detector import DenseOutput, flatten_levels
+from kit.det.detector import DenseOutput
 from kit.det.losses import one_hot, sigmoid_focal_loss
 from kit.det.validation import check_gt
 from kit.ops.border_align import border_align
+
+BBOX_STD = 0.5  # the refinement's unit: a delta of 1 moves a side by half the coarse box's width / height
+IOU_THRESHOLD = 0.6  # a location is a border positive when its coarse box has this IoU with an object
 
 
 class BorderBranch(nn.Module):
@@ -47,11 +54,11 @@ class BorderBranch(nn.Module):
     def __init__(self, in_channels: int, border_channels: int, pool_size: int = 10):
         super().__init__()
         self.pool_size = pool_size
-        self.current_point = nn.Sequential(  # the location's own feature, C channels
-            nn.Conv2d(in_channels, border_channels, 1), nn.InstanceNorm2d(border_channels), nn.ReLU())
-        self.border_features = nn.Sequential(  # 4C channels: top, left, bottom, right blocks
-            nn.Conv2d(in_channels, 4 * border_channels, 1), nn.InstanceNorm2d(4 * border_channels), nn.ReLU())
-        self.fuse = nn.Sequential(nn.Conv2d(5 * border_channels, in_channels, 1), nn.ReLU())
+        # 1x1 conv (with bias) + InstanceNorm + ReLU, as the official branch
+        conv_in_relu = partial(Conv2dNormActivation, kernel_size=1, norm_layer=nn.InstanceNorm2d, bias=True)
+        self.current_point = conv_in_relu(in_channels, border_channels)  # the location's own feature, C channels
+        self.border_features = conv_in_relu(in_channels, 4 * border_channels)  # top, left, bottom, right blocks
+        self.fuse = Conv2dNormActivation(5 * border_channels, in_channels, kernel_size=1, norm_layer=None)
 
     def pooled(self, feature: torch.Tensor, boxes: torch.Tensor, return_argmax: bool = False):
         """BorderAlign of the 4C border map: (B, C, HW, 4) (and the argmax sample per side)."""
@@ -72,26 +79,42 @@ def feature_map_boxes(boxes: torch.Tensor, stride: float, height: int, width: in
     return torch.minimum(scaled.clamp(min=0), limits)
 
 
-def refine_boxes(coarse: torch.Tensor, deltas: torch.Tensor, bbox_std: float = 0.5) -> torch.Tensor:
+def refine_boxes(coarse: torch.Tensor, deltas: torch.Tensor, bbox_std: float = BBOX_STD) -> torch.Tensor:
     """``B0 + bbox_std * wh(B0) * delta``: coarse (..., 4) xyxy, deltas (..., 4) -> refined (..., 4)."""
     wh = coarse[..., 2:] - coarse[..., :2]  # (..., 2) as (w, h)
     return coarse + deltas * bbox_std * torch.cat([wh, wh], dim=-1)
 
 
+@dataclass
+class BorderOutput(DenseOutput):
+    """:class:`DenseOutput` of the first stage, plus the border stage's predictions:
+    border_cls_logits (B, N, C), the second classification, and border_deltas (B, N, 4), the
+    refinement of each coarse box in units of ``bbox_std * wh(B0)``."""
+
+    border_cls_logits: torch.Tensor | None = None
+    border_deltas: torch.Tensor | None = None
+
+
 class BorderHead(ATSSHead):
     """The ATSS head plus BorderDet's border branches and second-stage predictions.
 
-    ``rescore`` and ``refine`` switch the two test-time uses of the border stage (for the
-    ablation: the same trained model with either turned off). ``detach_towers`` (not in the
-    paper, off by default) stops the border losses' gradient at the towers' outputs, so that
-    the border stage cannot change the first stage's features.
+    Its settings live here: ``bbox_std`` (the refinement's unit, read by :meth:`loss` and
+    :meth:`test_outputs`), ``iou_threshold`` (a border positive's IoU), and the switches
+    ``rescore`` and ``refine`` of the two test-time uses of the border stage (for the ablation:
+    the same trained model with either turned off). ``detach_towers`` (not in the paper, off by
+    default) stops the border losses' gradient at the towers' outputs, so that the border stage
+    cannot change the first stage's features.
     """
+
+    output_type = BorderOutput
 
     def __init__(self, num_classes: int, in_channels: int = 64, feat_channels: int = 64,
                  stacked_convs: int = 2, num_levels: int = 3, border_channels: tuple = (64, 32),
-                 pool_size: int = 10, bbox_std: float = 0.5, detach_towers: bool = False):
+                 pool_size: int = 10, bbox_std: float = BBOX_STD, iou_threshold: float = IOU_THRESHOLD,
+                 detach_towers: bool = False):
         super().__init__(num_classes, in_channels, feat_channels, stacked_convs, num_levels)
-        self.bbox_std, self.rescore, self.refine, self.detach_towers = bbox_std, True, True, detach_towers
+        self.bbox_std, self.iou_threshold, self.detach_towers = bbox_std, iou_threshold, detach_towers
+        self.rescore, self.refine = True, True
         self.border_cls_branch = BorderBranch(feat_channels, border_channels[0], pool_size)
         self.border_reg_branch = BorderBranch(feat_channels, border_channels[1], pool_size)
         self.border_cls_conv = nn.Conv2d(feat_channels, num_classes, 1)
@@ -103,9 +126,13 @@ class BorderHead(ATSSHead):
                     nn.init.zeros_(module.bias)
         nn.init.constant_(self.border_cls_conv.bias, prior_bias(0.01))
 
-    def forward(self, features, level_points, strides) -> dict:
-        out = {k: [] for k in ("cls_probs", "cls_logits", "distances", "centerness_logits",
-                                "border_cls_logits", "border_deltas", "align_boxes")}
+    def forward(self, features, level_points, strides, with_maps: bool = False) -> dict:
+        """Per level: ATSS's outputs, ``border_cls_logits`` (B, C, H, W) and ``border_deltas``
+        (B, 4, H, W); with ``with_maps`` also ``align_boxes`` (B, 4, H, W), the coarse boxes on the
+        feature map as BorderAlign read them."""
+        names = ("cls_probs", "cls_logits", "distances", "centerness_logits", "border_cls_logits",
+                 "border_deltas") + (("align_boxes",) if with_maps else ())
+        out = {name: [] for name in names}
         for x, points, stride, scale in zip(features, level_points, strides, self.scales):
             b, _, h, w = x.shape
             level = self.level_outputs(x, scale)  # the ATSS predictions of this level
@@ -124,31 +151,42 @@ class BorderHead(ATSSHead):
             border_reg = self.border_reg_branch(reg_feat, boxes)
             out["border_cls_logits"].append(self.border_cls_conv(border_cls))  # (B, C, H, W)
             out["border_deltas"].append(self.border_reg_conv(border_reg).float())  # (B, 4, H, W)
-            out["align_boxes"].append(boxes.transpose(1, 2).reshape(b, 4, h, w))  # for figures
+            if with_maps:
+                out["align_boxes"].append(boxes.transpose(1, 2).reshape(b, 4, h, w))
         return out
 
-    def test_outputs(self, out: DenseOutput):
+    def refined_boxes(self, out: BorderOutput) -> torch.Tensor:
+        """The refined boxes (B, N, 4) px: :func:`refine_boxes` of the coarse boxes with this head's ``bbox_std``."""
+        return refine_boxes(out.boxes, out.border_deltas, self.bbox_std)
+
+    def test_outputs(self, out: BorderOutput):
         """Scores (B, N, C) and boxes (B, N, 4) used at test time (see :meth:`DenseDetector.detect`)."""
         scores, boxes = out.detection_scores(), out.boxes
         if self.rescore:
-            border_probs = flatten_levels(out.maps["border_cls_logits"]).sigmoid()
-            scores = (scores.sqrt() * border_probs).sqrt()
+            scores = (scores.sqrt() * out.border_cls_logits.sigmoid()).sqrt()
         if self.refine:
-            boxes = refine_boxes(boxes, flatten_levels(out.maps["border_deltas"]), self.bbox_std)
+            boxes = self.refined_boxes(out)
         return scores, boxes
+
+    def loss(self, out: BorderOutput, gt_boxes: list, gt_labels: list) -> dict:
+        """The first stage's ATSS losses, then :func:`border_losses` with this head's settings."""
+        if not isinstance(out, BorderOutput):
+            raise ValueError("BorderHead.loss needs the border outputs of BorderHead (a BorderOutput)")
+        return {**super().loss(out, gt_boxes, gt_labels),
+                **border_losses(out, gt_boxes, gt_labels, self.iou_threshold, self.bbox_std)}
 
 
 @torch.no_grad()
-def border_targets(coarse: torch.Tensor, gt_boxes: list, gt_labels: list, iou_thresh: float = 0.6,
-                   bbox_std: float = 0.5):
+def border_targets(coarse: torch.Tensor, gt_boxes: list, gt_labels: list, iou_threshold: float = IOU_THRESHOLD,
+                   bbox_std: float = BBOX_STD):
     """Border labels (B, N) (-1 background) and box targets (B, N, 4) (0 for background).
 
     coarse: (B, N, 4) first-stage boxes in px. A location is positive when its coarse box has
-    IoU >= ``iou_thresh`` with an object; it takes the object of highest IoU. The ground truth
+    IoU >= ``iou_threshold`` with an object; it takes the object of highest IoU. The ground truth
     (one list per image, of ``coarse``'s dtype) is validated by :func:`kit.det.validation.check_gt`.
     """
-    if not 0 < iou_thresh <= 1:
-        raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     if coarse.dim() != 3 or coarse.shape[-1] != 4:
         raise ValueError(f"coarse must be (B, N, 4) xyxy boxes, got {tuple(coarse.shape)}")
     check_gt(gt_boxes, gt_labels, coarse.shape[0], like=coarse)
@@ -158,7 +196,7 @@ def border_targets(coarse: torch.Tensor, gt_boxes: list, gt_labels: list, iou_th
         if boxes.shape[0] == 0:
             continue
         best_iou, best = box_iou(coarse[b], boxes.to(coarse.dtype)).max(dim=1)  # (N,)
-        positive = best_iou >= iou_thresh
+        positive = best_iou >= iou_threshold
         labels[b, positive] = classes[best[positive]]
         matched, b0 = boxes[best[positive]].to(coarse.dtype), coarse[b, positive]
         wh = b0[:, 2:] - b0[:, :2]
@@ -166,19 +204,17 @@ def border_targets(coarse: torch.Tensor, gt_boxes: list, gt_labels: list, iou_th
     return labels, targets
 
 
-def borderdet_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, iou_thresh: float = 0.6,
-                   bbox_std: float = 0.5) -> dict:
-    """The first stage's ATSS losses plus the border classification and refinement losses."""
-    if "border_cls_logits" not in out.maps:
-        raise ValueError("borderdet_loss needs the border outputs of BorderHead")
-    losses = atss_loss(out, gt_boxes, gt_labels)
-    logits = flatten_levels(out.maps["border_cls_logits"]).float()  # (B, N, C)
-    deltas = flatten_levels(out.maps["border_deltas"]).float()  # (B, N, 4)
-    labels, targets = border_targets(out.boxes.detach().float(), gt_boxes, gt_labels, iou_thresh, bbox_std)
-    positive = labels >= 0
+def border_losses(out: BorderOutput, gt_boxes: list, gt_labels: list, iou_threshold: float = IOU_THRESHOLD,
+                  bbox_std: float = BBOX_STD) -> dict:
+    """The border stage's losses: a sigmoid focal loss (0.25, 2) on ``border_cls_logits`` and an L1
+    loss on ``border_deltas`` against :func:`border_targets`, both / the number of border positives."""
+    if not isinstance(out, BorderOutput):
+        raise ValueError("border_losses needs the border outputs of BorderHead (a BorderOutput)")
+    logits, deltas = out.border_cls_logits.float(), out.border_deltas.float()  # (B, N, C), (B, N, 4)
+    labels, targets = border_targets(out.boxes.detach().float(), gt_boxes, gt_labels, iou_threshold, bbox_std)
+    positive = labels >= 0  # (B, N)
     num_pos = max(1.0, float(positive.sum()))
-    target_cls = one_hot(labels.flatten(), logits.shape[-1])
-    losses["border_cls"] = sigmoid_focal_loss(logits.flatten(0, 1), target_cls, alpha=0.25, gamma=2.0,
-                                              reduction="sum") / num_pos
-    losses["border_box"] = F.l1_loss(deltas[positive], targets[positive], reduction="sum") / num_pos
-    return losses
+    target_cls = one_hot(labels.flatten(), logits.shape[-1])  # (B*N, C)
+    return {"border_cls": sigmoid_focal_loss(logits.flatten(0, 1), target_cls, alpha=0.25, gamma=2.0,
+                                             reduction="sum") / num_pos,
+            "border_box": F.l1_loss(deltas[positive], targets[positive], reduction="sum") / num_pos}

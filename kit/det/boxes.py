@@ -1,8 +1,11 @@
 """Box utilities. Boxes are xyxy in pixels unless a name says otherwise.
 
-IoU and GIoU come from :mod:`torchvision.ops`; what is written here is only the
-point-distance box coding of anchor-free detectors (FCOS, ATSS-anchor-free, TOOD): a box is
-coded at a point as its distances to the four sides, ``ltrb`` = (left, top, right, bottom).
+IoU, GIoU, areas and format conversion come from :mod:`torchvision.ops` (re-exported here).
+What is written here is what torchvision lacks: the point-distance box coding of anchor-free
+detectors (FCOS, ATSS-anchor-free, TOOD) — a box coded at a point as its distances to the four
+sides, ``ltrb`` = (left, top, right, bottom) — with the FCOS centre-ness and the inside-a-box
+test built on it, box centres, and the IoU of matched pairs (:func:`paired_iou`, the diagonal of
+``box_iou`` without its N x M cost; 0 for inverted boxes, as ``box_iou``).
 """
 from __future__ import annotations
 

@@ -19,6 +19,9 @@ Naive merging uses the plain focal loss instead, so an unlabelled object of a cl
 the image's dataset does not label is pushed to background: the false negatives the paper's
 loss removes. No official code was found; the mask follows mmdetection's ``weight`` argument
 of the focal loss, the normaliser follows the paper's equation.
+
+The detector is the chapter's ATSS baseline: :func:`dataset_aware_atss_loss` is ATSS's loss
+(:func:`kit.det.atss.atss_loss_terms`) with its classification term replaced by this one.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from typing import Sequence
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
+from kit.det.atss import atss_loss_terms
+from kit.det.detector import DenseOutput
 from kit.det.validation import check_probs
 
 
@@ -91,3 +96,21 @@ def dataset_aware_focal_loss(logits: torch.Tensor, targets: torch.Tensor, label_
     loss = sigmoid_focal_loss(logits.float(), targets.float(), alpha=alpha, gamma=gamma, reduction="none")
     loss = torch.where(mask, loss, torch.zeros_like(loss))
     return loss.sum() / max(1.0, float(positive.sum()))
+
+
+def dataset_aware_atss_loss(out: DenseOutput, gt_boxes: list, gt_labels: list,
+                            label_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """ATSS's loss with the dataset-aware focal loss as its classification term.
+
+    label_mask: (B, C) bool, the classes each image's dataset labels (:func:`label_mask_for`).
+    The box and centre-ness terms are ATSS's: they only involve positives, which only exist
+    for labelled objects.
+    """
+    batch_size, num_priors, num_classes = out.cls_probs.shape
+    if tuple(label_mask.shape) != (batch_size, num_classes):
+        raise ValueError(f"label_mask must be (B, C) = ({batch_size}, {num_classes}), one row of labelled "
+                         f"classes per image, got {tuple(label_mask.shape)}")
+    terms = atss_loss_terms(out, gt_boxes, gt_labels)  # ATSS's assignment, its terms before the sums
+    per_prior_mask = prior_label_mask(label_mask, num_priors)  # (B*N, C), rows as terms.cls_logits
+    return {"cls": dataset_aware_focal_loss(terms.cls_logits, terms.cls_targets, per_prior_mask),
+            "box": terms.box_loss(), "centerness": terms.centerness_loss()}

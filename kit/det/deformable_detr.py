@@ -20,8 +20,11 @@ import math
 
 import torch
 from torch import nn
+from torchvision.ops import Conv2dNormActivation
 
-from kit.det.detr import MLP, FeedForward, SetDetector, sine_position_embedding
+from kit.det.detr import MLP
+from kit.det.set_detector import SetDetector
+from kit.det.transformer import FeedForward, sine_position_embedding
 from kit.nn.backbone import TinyResNet
 from kit.ops.ms_deform_attn import MSDeformAttn, encoder_reference_points
 
@@ -37,9 +40,9 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 class DeformableEncoderLayer(nn.Module):
     """Deformable self-attention: each pixel of each level samples around its own centre."""
 
-    def __init__(self, d_model: int, n_heads: int, n_levels: int, n_points: int, ffn_dim: int, dropout: float):
+    def __init__(self, d_model: int, num_heads: int, num_levels: int, num_points: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = MSDeformAttn(d_model, num_levels, num_heads, num_points)
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
@@ -53,10 +56,10 @@ class DeformableEncoderLayer(nn.Module):
 class DeformableDecoderLayer(nn.Module):
     """Dense self-attention among queries, deformable cross-attention around the reference point."""
 
-    def __init__(self, d_model: int, n_heads: int, n_levels: int, n_points: int, ffn_dim: int, dropout: float):
+    def __init__(self, d_model: int, num_heads: int, num_levels: int, num_points: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.cross_attn = MSDeformAttn(d_model, num_levels, num_heads, num_points)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.ffn = FeedForward(d_model, ffn_dim, dropout)
@@ -69,8 +72,15 @@ class DeformableDecoderLayer(nn.Module):
         return self.ffn(self.norm2(tgt + self.dropout(attended)))
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with at most 32 groups dividing ``channels`` (the official code has 32)."""
     return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def conv_gn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> Conv2dNormActivation:
+    """An input projection: conv (with bias, as the official code) -> GroupNorm, no activation."""
+    return Conv2dNormActivation(in_channels, out_channels, kernel_size, stride, norm_layer=group_norm,
+                                activation_layer=None, bias=True)
 
 
 class DeformableDETR(SetDetector):
@@ -84,8 +94,8 @@ class DeformableDETR(SetDetector):
 
     class_mode = "focal"
 
-    def __init__(self, num_classes: int, d_model: int = 64, n_heads: int = 4, n_points: int = 4,
-                 enc_layers: int = 2, dec_layers: int = 2, ffn_dim: int = 256, num_queries: int = 20,
+    def __init__(self, num_classes: int, d_model: int = 64, num_heads: int = 4, num_points: int = 4,
+                 num_encoder_layers: int = 2, num_decoder_layers: int = 2, ffn_dim: int = 256, num_queries: int = 20,
                  dropout: float = 0.0, widths=(16, 32, 64, 128), strides=(8, 16, 32)):
         super().__init__()
         strides = tuple(strides)
@@ -97,20 +107,19 @@ class DeformableDETR(SetDetector):
         self.num_classes, self.num_queries, self.d_model, self.strides = num_classes, num_queries, d_model, strides
         self.backbone = TinyResNet(widths, num_outputs=4)
         self.backbone_levels = [self.backbone.strides.index(s) for s in strides if s <= 32]
-        projections = [nn.Sequential(nn.Conv2d(self.backbone.out_channels[i], d_model, 1), _group_norm(d_model))
-                       for i in self.backbone_levels]
+        projections = [conv_gn(self.backbone.out_channels[i], d_model, 1) for i in self.backbone_levels]
         in_channels = self.backbone.out_channels[-1]
         for _ in extra:  # C6 from C5, C7 from C6 (stride-2 3x3 convs)
-            projections.append(nn.Sequential(nn.Conv2d(in_channels, d_model, 3, 2, 1), _group_norm(d_model)))
+            projections.append(conv_gn(in_channels, d_model, 3, 2))
             in_channels = d_model
         self.input_proj = nn.ModuleList(projections)
         self.num_extra = len(extra)
         levels = len(strides)
         self.level_embed = nn.Parameter(torch.empty(levels, d_model))
-        self.encoder = nn.ModuleList(DeformableEncoderLayer(d_model, n_heads, levels, n_points, ffn_dim, dropout)
-                                     for _ in range(enc_layers))
-        self.decoder = nn.ModuleList(DeformableDecoderLayer(d_model, n_heads, levels, n_points, ffn_dim, dropout)
-                                     for _ in range(dec_layers))
+        self.encoder = nn.ModuleList(DeformableEncoderLayer(d_model, num_heads, levels, num_points, ffn_dim, dropout)
+                                     for _ in range(num_encoder_layers))
+        self.decoder = nn.ModuleList(DeformableDecoderLayer(d_model, num_heads, levels, num_points, ffn_dim, dropout)
+                                     for _ in range(num_decoder_layers))
         self.query_embed = nn.Embedding(num_queries, 2 * d_model)  # query position and content
         self.reference_points = nn.Linear(d_model, 2)
         self.class_embed = nn.Linear(d_model, num_classes)

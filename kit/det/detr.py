@@ -4,7 +4,8 @@ One feature map of the backbone is flattened into ``H * W`` tokens. A transforme
 every token attend to every other (dense attention, quadratic in ``H * W``); a decoder turns
 ``Q`` learned object queries into ``Q`` predictions (class logits with a "no object" column,
 and a normalised ``(cx, cy, w, h)`` box). Training matches predictions to objects one-to-one
-(:mod:`kit.det.hungarian`), so there are no anchors and no NMS.
+(:mod:`kit.det.hungarian`), so there are no anchors and no NMS. The layers are
+:mod:`kit.det.transformer`'s; test-time post-processing is :mod:`kit.det.set_detector`'s.
 
 This is the baseline of the Deformable DETR notebook. Differences from the official DETR: a
 tiny random-init backbone instead of an ImageNet ResNet-50, a configurable feature stride
@@ -20,38 +21,21 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_convert
 
+from kit.det.set_detector import SetDetector
+from kit.det.transformer import DecoderLayer, EncoderLayer, sine_position_embedding
 from kit.nn.backbone import TinyResNet
 
-__all__ = ["sine_position_embedding", "MLP", "FeedForward", "EncoderLayer", "DecoderLayer", "DETR",
-           "postprocess_set"]
-
-
-def sine_position_embedding(height: int, width: int, dim: int, device=None, temperature: float = 10000.0) -> torch.Tensor:
-    """(H * W, dim) 2-d sine/cosine encoding of pixel centres, y features first then x (as DETR).
-
-    Coordinates are ``(i + 0.5) / H * 2 pi`` (Deformable DETR's normalised form); each half of
-    the channels encodes one axis with frequencies ``temperature ** (2 (k // 2) / (dim / 2))``.
-    """
-    if dim % 4 != 0:
-        raise ValueError(f"dim must be a multiple of 4 (sin and cos for x and y), got {dim}")
-    half = dim // 2
-    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 * math.pi
-    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 * math.pi
-    freq = temperature ** (2 * (torch.arange(half, device=device) // 2) / half)  # (half,)
-
-    def encode(coord):  # (n,) -> (n, half), sin on even channels and cos on odd ones, interleaved
-        angles = coord[:, None] / freq
-        return torch.stack([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=-1).flatten(1)
-
-    pos_y = encode(ys)[:, None, :].expand(height, width, half)
-    pos_x = encode(xs)[None, :, :].expand(height, width, half)
-    return torch.cat([pos_y, pos_x], dim=-1).reshape(height * width, dim)
+__all__ = ["MLP", "DETR"]
 
 
 class MLP(nn.Module):
-    """Linear layers with ReLU in between (DETR's box head: 3 layers)."""
+    """Linear layers with ReLU in between (DETR's box head: 3 layers).
+
+    Kept by hand rather than :class:`torchvision.ops.MLP`: that one draws the same initial
+    weights but names them ``0.weight, 3.weight, ...`` (ReLU and Dropout modules in between), so
+    the checkpoints' ``layers.i`` keys would no longer load.
+    """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
         super().__init__()
@@ -64,82 +48,11 @@ class MLP(nn.Module):
         return x
 
 
-class FeedForward(nn.Module):
-    """The transformer FFN with its residual and post-norm: norm(x + W2 relu(W1 x))."""
-
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float):
-        super().__init__()
-        self.linear1, self.linear2 = nn.Linear(d_model, ffn_dim), nn.Linear(ffn_dim, d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
-
-
-class EncoderLayer(nn.Module):
-    """Dense self-attention over all tokens (positions added to queries and keys), then the FFN."""
-
-    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.ffn = FeedForward(d_model, ffn_dim, dropout)
-
-    def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        q = k = src + pos  # (B, S, C)
-        src = self.norm(src + self.dropout(self.self_attn(q, k, src, need_weights=False)[0]))
-        return self.ffn(src)
-
-
-class DecoderLayer(nn.Module):
-    """Self-attention among queries, dense cross-attention to the encoder memory, then the FFN.
-
-    With ``record = True`` the last cross-attention map (B, heads, Q, S) is kept in ``last``.
-    """
-
-    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.ffn = FeedForward(d_model, ffn_dim, dropout)
-        self.record, self.last = False, {}
-
-    def forward(self, tgt, query_pos, memory, pos):
-        q = k = tgt + query_pos  # (B, Q, C)
-        tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt, need_weights=False)[0]))
-        attended, weights = self.cross_attn(tgt + query_pos, memory + pos, memory, need_weights=self.record,
-                                            average_attn_weights=False)
-        if self.record:
-            self.last = {"attention": weights.detach()}  # (B, heads, Q, S)
-        tgt = self.norm2(tgt + self.dropout(attended))
-        return self.ffn(tgt)
-
-
-def _backbone_level(strides: list[int], stride: int) -> int:
+def backbone_level(strides: list[int], stride: int) -> int:
+    """Index of the backbone output with this stride."""
     if stride not in strides:
         raise ValueError(f"feature stride must be one of the backbone's {strides}, got {stride}")
     return strides.index(stride)
-
-
-class SetDetector(nn.Module):
-    """What DETR and Deformable DETR share at test time: ``forward`` returns the final
-    decoder layer's ``logits`` and normalised cxcywh ``boxes``; ``class_mode`` names the loss."""
-
-    class_mode: str
-
-    @torch.no_grad()
-    def detect(self, images: torch.Tensor, top_k: int = 100) -> list[dict]:
-        """Detections per image in pixels (eval mode), top-k over queries x classes, as
-        :func:`postprocess_set`."""
-        was_training = self.training
-        self.eval()
-        out = self(images)
-        self.train(was_training)
-        return postprocess_set(out["logits"], out["boxes"], images.shape[-1], self.class_mode, top_k)
 
 
 class DETR(SetDetector):
@@ -152,22 +65,24 @@ class DETR(SetDetector):
     "DETR+" ablation uses focal loss too). Train with ``set_loss(..., mode=model.class_mode)``.
     """
 
-    def __init__(self, num_classes: int, d_model: int = 64, n_heads: int = 4, enc_layers: int = 2,
-                 dec_layers: int = 2, ffn_dim: int = 256, num_queries: int = 20, dropout: float = 0.0,
+    def __init__(self, num_classes: int, d_model: int = 64, num_heads: int = 4, num_encoder_layers: int = 2,
+                 num_decoder_layers: int = 2, ffn_dim: int = 256, num_queries: int = 20, dropout: float = 0.0,
                  widths=(16, 32, 64, 128), feature_stride: int = 16, class_mode: str = "softmax"):
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        if d_model % num_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
         if class_mode not in ("softmax", "focal"):
             raise ValueError(f"class_mode must be 'softmax' or 'focal', got {class_mode!r}")
         self.class_mode = class_mode
         self.num_classes, self.num_queries, self.d_model = num_classes, num_queries, d_model
         self.backbone = TinyResNet(widths, num_outputs=4)
-        self.level = _backbone_level(self.backbone.strides, feature_stride)
+        self.level = backbone_level(self.backbone.strides, feature_stride)
         self.feature_stride = feature_stride
         self.input_proj = nn.Conv2d(self.backbone.out_channels[self.level], d_model, 1)
-        self.encoder = nn.ModuleList(EncoderLayer(d_model, n_heads, ffn_dim, dropout) for _ in range(enc_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(d_model, n_heads, ffn_dim, dropout) for _ in range(dec_layers))
+        self.encoder = nn.ModuleList(EncoderLayer(d_model, num_heads, ffn_dim, dropout)
+                                     for _ in range(num_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(d_model, num_heads, ffn_dim, dropout)
+                                     for _ in range(num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(d_model)
         self.query_embed = nn.Embedding(num_queries, d_model)
         self.class_embed = nn.Linear(d_model, num_classes + (1 if class_mode == "softmax" else 0))
@@ -195,27 +110,3 @@ class DETR(SetDetector):
             hidden = self.decoder_norm(tgt)
             outputs.append({"logits": self.class_embed(hidden), "boxes": self.bbox_embed(hidden).sigmoid()})
         return {**outputs[-1], "aux": outputs[:-1], "feature_shape": (h, w)}
-
-
-
-def postprocess_set(logits: torch.Tensor, boxes: torch.Tensor, image_size: int, mode: str,
-                    top_k: int = 100) -> list[dict]:
-    """Top-k over queries x classes: per image ``{boxes (D, 4) xyxy pixels, scores (D,), labels (D,)}``.
-
-    Scores are sigmoid probabilities (``"focal"``) or softmax probabilities without the
-    no-object column (``"softmax"``). Taking the top-k over (query, class) pairs, as Deformable
-    DETR's ``PostProcess`` does, lets a query offer its second-best class too; DETR's own
-    post-processing keeps one class per query (that gives a slightly lower AP). No NMS.
-    """
-    if mode == "softmax":
-        probs = logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
-    elif mode == "focal":
-        probs = logits.float().sigmoid()
-    else:
-        raise ValueError(f"mode must be 'focal' or 'softmax', got {mode!r}")
-    b, q, k = probs.shape
-    scores, index = probs.flatten(1).topk(min(top_k, q * k), dim=1)  # (B, D)
-    query, label = index // k, index % k
-    xyxy = box_convert(boxes.float(), "cxcywh", "xyxy") * image_size  # (B, Q, 4)
-    picked = torch.gather(xyxy, 1, query[..., None].expand(-1, -1, 4))
-    return [{"boxes": picked[i], "scores": scores[i], "labels": label[i]} for i in range(b)]

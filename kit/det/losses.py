@@ -33,10 +33,6 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return target[:, :num_classes]
 
 
-def _check_probs(probs: torch.Tensor, name: str = "probs") -> None:
-    check_probs(probs, name)
-
-
 def _check_rows(name: str, tensor: torch.Tensor, shape: tuple) -> None:
     """One row per prediction: a mismatch would broadcast or index into a finite, wrong loss."""
     if tuple(tensor.shape) != tuple(shape):
@@ -50,7 +46,7 @@ def focal_loss_prob(probs: torch.Tensor, targets: torch.Tensor, alpha: float = 0
 
     probs, targets: (N, C), targets one-hot (or soft) in [0, 1].
     """
-    _check_probs(probs)
+    check_probs(probs, "probs")
     _check_rows("targets", targets, probs.shape)
     probs, targets = probs.float(), targets.float()
     p_t_complement = (targets - probs).abs()
@@ -70,7 +66,7 @@ def quality_focal_loss_prob(probs: torch.Tensor, labels: torch.Tensor, quality: 
     """
     if probs.dim() != 2:
         raise ValueError(f"probs must be (N, C), got {tuple(probs.shape)}")
-    _check_probs(probs)
+    check_probs(probs, "probs")
     _check_rows("labels", labels, probs.shape[:1])
     _check_rows("quality", quality, probs.shape[:1])
     if labels.numel() and (labels.min() < -1 or labels.max() >= probs.shape[1]):

@@ -17,11 +17,11 @@ import torch
 from torchvision.ops import batched_nms
 
 
-def _check_options(score_thr: float, nms_iou: float, pre_nms_topk: int, max_per_image: int) -> None:
-    if not 0 <= score_thr < 1:
-        raise ValueError(f"score_thr must be in [0, 1) (scores are probabilities), got {score_thr}")
-    if not 0 < nms_iou <= 1:
-        raise ValueError(f"nms_iou must be in (0, 1], got {nms_iou}")
+def _check_options(score_threshold: float, nms_iou_threshold: float, pre_nms_topk: int, max_per_image: int) -> None:
+    if not 0 <= score_threshold < 1:
+        raise ValueError(f"score_threshold must be in [0, 1) (scores are probabilities), got {score_threshold}")
+    if not 0 < nms_iou_threshold <= 1:
+        raise ValueError(f"nms_iou_threshold must be in (0, 1], got {nms_iou_threshold}")
     for name, value in (("pre_nms_topk", pre_nms_topk), ("max_per_image", max_per_image)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__} {value!r}")
@@ -38,8 +38,8 @@ def _check_scores(scores: torch.Tensor) -> None:
                          f"[{values.min().item():.4g}, {values.max().item():.4g}] (logits passed by mistake?)")
 
 
-def postprocess(scores: torch.Tensor, boxes: torch.Tensor, score_thr: float = 0.05,
-                nms_iou: float = 0.6, pre_nms_topk: int = 1000, max_per_image: int = 100,
+def postprocess(scores: torch.Tensor, boxes: torch.Tensor, score_threshold: float = 0.05,
+                nms_iou_threshold: float = 0.6, pre_nms_topk: int = 1000, max_per_image: int = 100,
                 stats: dict | None = None):
     """Turn dense predictions into detections.
 
@@ -50,21 +50,21 @@ def postprocess(scores: torch.Tensor, boxes: torch.Tensor, score_thr: float = 0.
     """
     if scores.dim() != 3 or boxes.dim() != 3 or boxes.shape[:2] != scores.shape[:2] or boxes.shape[-1] != 4:
         raise ValueError(f"need scores (B, N, C) and boxes (B, N, 4); got {tuple(scores.shape)} and {tuple(boxes.shape)}")
-    _check_options(score_thr, nms_iou, pre_nms_topk, max_per_image)
+    _check_options(score_threshold, nms_iou_threshold, pre_nms_topk, max_per_image)
     scores, boxes = scores.detach(), boxes.detach()
     _check_scores(scores)
     finite = torch.isfinite(boxes).all(-1) & ~torch.isnan(scores).any(-1)  # (B, N); inf scores failed above
     results = []
     num_classes = scores.shape[-1]
     for image_scores, image_boxes, image_finite in zip(scores, boxes, finite):
-        candidate = (image_scores > score_thr) & image_finite[:, None]  # (N, C)
+        candidate = (image_scores > score_threshold) & image_finite[:, None]  # (N, C)
         flat = image_scores.flatten()  # (N * C,)
         keep = torch.nonzero(candidate.flatten()).flatten()
         if keep.numel() > pre_nms_topk:
             keep = keep[flat[keep].topk(pre_nms_topk).indices]
         prior, label = keep // num_classes, keep % num_classes
         det_boxes, det_scores = image_boxes[prior].float(), flat[keep].float()
-        kept = batched_nms(det_boxes, det_scores, label, nms_iou)[:max_per_image]
+        kept = batched_nms(det_boxes, det_scores, label, nms_iou_threshold)[:max_per_image]
         results.append({"boxes": det_boxes[kept], "scores": det_scores[kept], "labels": label[kept]})
     _report_dropped(int((~finite).sum()), finite.numel(), stats)
     return results

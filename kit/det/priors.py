@@ -38,6 +38,10 @@ class Priors:
         """Split a tensor over priors back into levels."""
         return list(values.split(self.num_per_level, dim=dim))
 
+    def level_maps(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Per-prior values (N, ...) as one map per level [(h_l, w_l, ...)], row-major as the priors."""
+        return [level.view(h, w, *values.shape[1:]) for level, (h, w) in zip(self.split(values), self.sizes)]
+
 
 def point_priors(sizes: list[tuple[int, int]], strides: list[int], offset: float = 0.5,
                  device: torch.device | str | None = None) -> Priors:

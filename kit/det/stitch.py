@@ -16,7 +16,8 @@ Chen et al., "Stitcher: Feedback-driven Data Provider for Object Detection" (arX
   ``r_s = sum_{positives of small objects} L_reg / sum_{positives} L_reg`` (:func:`small_loss_ratio`,
   "small" by the box area of the matched object, COCO's 32^2 px scaled to the image size);
   the *next* batch is stitched when ``r_s < tau`` (0.1). The official loop starts from
-  ``r_s = 0``, so its first batch is stitched.
+  ``r_s = 0``, so its first batch is stitched. With the chapter's ATSS detector,
+  :func:`atss_loss_and_ratio` gives the loss and ``r_s`` from its per-positive box losses.
 
 A stitched iteration consumes four times as many images as a regular one, at the same
 network cost.
@@ -27,6 +28,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_area
+
+from kit.det.atss import atss_loss_terms
+from kit.det.detector import DenseOutput
 
 _QUADRANTS = ((0, 0), (1, 0), (0, 1), (1, 1))  # (column, row): TL, TR, BL, BR
 
@@ -107,8 +112,16 @@ def small_loss_ratio(box_loss: torch.Tensor, target_boxes: torch.Tensor, small_a
     total = float(box_loss.sum())
     if total == 0:
         return 0.0
-    area = (target_boxes[:, 2] - target_boxes[:, 0]) * (target_boxes[:, 3] - target_boxes[:, 1])  # (P,)
-    return min(1.0, float(box_loss[area < small_area].sum()) / total)  # min: float rounding only
+    small = box_area(target_boxes) < small_area  # (P,)
+    return min(1.0, float(box_loss[small].sum()) / total)  # min: float rounding only
+
+
+def atss_loss_and_ratio(out: DenseOutput, gt_boxes: list, gt_labels: list,
+                        small_area: float) -> tuple[dict[str, torch.Tensor], float]:
+    """ATSS's loss for a batch and its feedback ``r_s`` (:func:`small_loss_ratio` of the
+    per-positive, centre-ness-weighted GIoU losses, before normalisation)."""
+    terms = atss_loss_terms(out, gt_boxes, gt_labels)
+    return terms.losses(), small_loss_ratio(terms.box_losses.detach(), terms.target_boxes, small_area)
 
 
 class StitchFeedback:

@@ -31,9 +31,9 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 from kit.det.assigners import task_aligned_assign
-from kit.det.atss import _atss_assignment, conv_gn_relu, prior_bias
+from kit.det.atss import ANCHOR_SCALE, BOX_WEIGHT, TOPK, atss_targets, conv_gn_relu, prior_bias
 from kit.det.boxes import centerness_target, distance2bbox, paired_iou
-from kit.det.detector import DenseOutput, Scale, gather_targets, pad_targets
+from kit.det.detector import DenseHead, DenseOutput, Scale, gather_targets, pad_targets
 from kit.det.losses import focal_loss_prob, giou_loss, one_hot, quality_focal_loss_prob
 from kit.det.validation import check_gt, check_probs
 from kit.ops.deform_conv import check_finite_offsets
@@ -94,15 +94,22 @@ def align_boxes(boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return deform_conv2d(boxes.contiguous(), offsets.to(boxes.dtype).contiguous(), weight)
 
 
-class TOODHead(nn.Module):
-    """The T-Head: shared interactive convs, task decomposition, aligned predictions."""
+class TOODHead(DenseHead):
+    """The T-Head: shared interactive convs, task decomposition, aligned predictions.
+
+    Its loss is :func:`tood_loss` with the head's TAL settings (``topk``, ``alpha``, ``beta``)
+    and the warm-up's ATSS settings (``anchor_scale``, ``atss_topk``).
+    """
 
     def __init__(self, num_classes: int, in_channels: int = 64, feat_channels: int = 64,
-                 stacked_convs: int = 3, num_levels: int = 3, align_cls: bool = True, align_box: bool = True):
-        super().__init__()
-        self.num_classes, self.stacked_convs = num_classes, stacked_convs
-        self.in_channels = in_channels  # DenseDetector checks it against its FPN channels
+                 stacked_convs: int = 3, num_levels: int = 3, align_cls: bool = True, align_box: bool = True,
+                 topk: int = 13, alpha: float = 1.0, beta: float = 6.0, anchor_scale: float = ANCHOR_SCALE,
+                 atss_topk: int = TOPK, box_weight: float = BOX_WEIGHT):
+        super().__init__(num_classes, in_channels)
+        self.stacked_convs = stacked_convs
         self.align_cls, self.align_box = align_cls, align_box  # switches for ablations
+        self.topk, self.alpha, self.beta = topk, alpha, beta  # TAL
+        self.anchor_scale, self.atss_topk, self.box_weight = anchor_scale, atss_topk, box_weight
         self.inter_convs = nn.ModuleList(conv_gn_relu(in_channels if i == 0 else feat_channels, feat_channels)
                                          for i in range(stacked_convs))
         stacked = feat_channels * stacked_convs
@@ -131,9 +138,15 @@ class TOODHead(nn.Module):
         nn.init.zeros_(self.tood_reg.bias)
         nn.init.constant_(self.cls_prob_module[-1].bias, prior_bias(0.01))
 
-    def forward(self, features, level_points, strides) -> dict:
-        out = {k: [] for k in ("cls_probs", "boxes", "offsets", "prob_map", "unaligned_boxes",
-                                "attention_cls", "attention_reg")}
+    def forward(self, features, level_points, strides, with_maps: bool = False) -> dict:
+        """Per level: ``cls_probs`` (B, C, H, W), the aligned probabilities, and ``boxes``
+        (B, 4, H, W), the aligned xyxy boxes in stride units. With ``with_maps``, also the figure
+        maps ``offsets`` O (B, 8, H, W) as (dy, dx) per side in cells, ``prob_map`` M (B, 1, H, W),
+        ``unaligned_boxes`` (B, 4, H, W) and the layer attentions ``attention_cls`` /
+        ``attention_reg`` (B, N)."""
+        names = ("cls_probs", "boxes") + (("offsets", "prob_map", "unaligned_boxes", "attention_cls",
+                                           "attention_reg") if with_maps else ())
+        out = {name: [] for name in names}
         for x, points, stride, scale in zip(features, level_points, strides, self.scales):
             b, _, h, w = x.shape
             inter = []
@@ -159,12 +172,18 @@ class TOODHead(nn.Module):
             offsets = self.reg_offset_module(feat)  # (B, 8, H, W)
             out["cls_probs"].append(cls_probs)
             out["boxes"].append(align_boxes(boxes, offsets) if self.align_box else boxes)
-            out["offsets"].append(offsets)
-            out["prob_map"].append(prob_map)
-            out["unaligned_boxes"].append(boxes)
-            out["attention_cls"].append(self.cls_decomp.attention(avg_feat))  # (B, N)
-            out["attention_reg"].append(self.reg_decomp.attention(avg_feat))
+            if with_maps:
+                out["offsets"].append(offsets)
+                out["prob_map"].append(prob_map)
+                out["unaligned_boxes"].append(boxes)
+                out["attention_cls"].append(self.cls_decomp.attention(avg_feat))  # (B, N)
+                out["attention_reg"].append(self.reg_decomp.attention(avg_feat))
         return out
+
+    def loss(self, out: DenseOutput, gt_boxes: list, gt_labels: list, warmup: bool = False) -> dict:
+        """:func:`tood_loss` with this head's settings: the ATSS warm-up while ``warmup``, TAL after."""
+        return tood_loss(out, gt_boxes, gt_labels, warmup, topk=self.topk, alpha=self.alpha, beta=self.beta,
+                         anchor_scale=self.anchor_scale, atss_topk=self.atss_topk, box_weight=self.box_weight)
 
 
 def normalized_alignment(assigned: torch.Tensor, alignment: torch.Tensor, ious: torch.Tensor,
@@ -205,8 +224,8 @@ def _tal_assignment(out: DenseOutput, gt_boxes: list, gt_labels: list, topk: int
 
 
 def tood_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, warmup: bool, topk: int = 13,
-              alpha: float = 1.0, beta: float = 6.0, anchor_scale: float = 4.0, atss_topk: int = 9,
-              box_weight: float = 2.0) -> dict:
+              alpha: float = 1.0, beta: float = 6.0, anchor_scale: float = ANCHOR_SCALE, atss_topk: int = TOPK,
+              box_weight: float = BOX_WEIGHT) -> dict:
     """TOOD's loss for a batch: the ATSS warm-up while ``warmup``, Task Alignment Learning after.
 
     gt_boxes / gt_labels: one (M_i, 4) / (M_i,) tensor per image, validated first
@@ -216,7 +235,7 @@ def tood_loss(out: DenseOutput, gt_boxes: list, gt_labels: list, warmup: bool, t
     check_gt(gt_boxes, gt_labels, out.cls_probs.shape[0], out.cls_probs.shape[-1], like=out.boxes)
     padded_boxes, padded_labels = pad_targets(gt_boxes, gt_labels)
     if warmup:
-        assigned = _atss_assignment(out, gt_boxes, anchor_scale, atss_topk)
+        assigned = atss_targets(out, gt_boxes, anchor_scale, atss_topk, validate=False).gt_index
     else:
         assigned, alignment = _tal_assignment(out, gt_boxes, gt_labels, topk, alpha, beta)
     matched_boxes, labels = gather_targets(assigned, padded_boxes, padded_labels)  # (B, N, 4), (B, N)

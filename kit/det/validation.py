@@ -22,6 +22,7 @@ import torch
 
 __all__ = ["check_shape", "check_gt_boxes", "check_gt", "check_probs"]
 
+
 def check_shape(name: str, tensor: torch.Tensor, shape: tuple) -> None:
     """Shape check: ``shape`` holds ints (exact) and None (any), e.g. ``(None, 4)``."""
     ok = tensor.dim() == len(shape) and all(s is None or s == t for s, t in zip(shape, tensor.shape))
@@ -114,24 +115,27 @@ def check_gt(gt_boxes, gt_labels, num_images: int, num_classes: int | None = Non
     """Validate a batch's ground truth: lists of (M_i, 4) boxes and (M_i,) labels, one per image.
 
     The values of all images are checked at once (one reduction); the message names the
-    first bad image. ``like`` and ``num_classes`` as in :func:`check_gt_boxes`.
+    first bad image. ``like`` and ``num_classes`` as in :func:`check_gt_boxes`; ``gt_labels``
+    None checks the boxes alone (for a rule that reads no labels, such as ATSS's assignment).
     """
     if num_images < 1:
         raise ValueError(f"the batch has {num_images} images; a loss needs at least one image")
-    for what, value in (("gt_boxes", gt_boxes), ("gt_labels", gt_labels)):
+    lists = (("gt_boxes", gt_boxes),) + ((("gt_labels", gt_labels),) if gt_labels is not None else ())
+    for what, value in lists:
         if isinstance(value, torch.Tensor) or not hasattr(value, "__len__"):
             raise TypeError(f"{what} must be a list with one tensor per image, got {type(value).__name__}")
         if len(value) != num_images:
             raise ValueError(f"{what} has {len(value)} lists for a batch of {num_images} images; "
                              "give one (possibly empty) list per image")
-    for i, (boxes, labels) in enumerate(zip(gt_boxes, gt_labels)):  # per image: metadata only, no reductions
+    for i, boxes in enumerate(gt_boxes):  # per image: metadata only, no reductions
         _check_dtype_device(f"gt_boxes[{i}]", boxes, like)
         if boxes.dim() != 2 or boxes.shape[1] != 4:
             raise ValueError(f"gt_boxes[{i}] must have shape (M, 4) as xyxy, got {tuple(boxes.shape)}")
-        _check_labels(f"gt_labels[{i}]", labels, boxes.shape[0], like)
+        if gt_labels is not None:
+            _check_labels(f"gt_labels[{i}]", gt_labels[i], boxes.shape[0], like)
     all_boxes = torch.cat(list(gt_boxes))  # (sum M, 4)
-    all_labels = torch.cat(list(gt_labels))  # (sum M,)
-    if _label_range_error("gt_labels", all_labels, num_classes) is not None:
+    all_labels = torch.cat(list(gt_labels)) if gt_labels is not None else None  # (sum M,)
+    if all_labels is not None and _label_range_error("gt_labels", all_labels, num_classes) is not None:
         for i, labels in enumerate(gt_labels):  # error path: find the image
             error = _label_range_error(f"gt_labels[{i}]", labels, num_classes)
             if error is not None:

@@ -16,6 +16,9 @@ import warnings
 
 import numpy as np
 import torch
+from torchvision.ops import box_convert
+
+from kit.runtime import evaluating
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -75,8 +78,7 @@ def detections_to_coco(detections: list[dict], image_ids: list[int] | None = Non
     for index, det in enumerate(detections):
         image_id = image_ids[index] if image_ids is not None else index
         check_image_detections(det, f"detections[{index}] (image_id {image_id})", category_ids)
-        xyxy = det["boxes"].detach().cpu().double()  # (D, 4); may be the caller's own tensor
-        xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], 1)  # a new tensor, not in place
+        xywh = box_convert(det["boxes"].detach().cpu().double(), "xyxy", "xywh")  # (D, 4), a new tensor
         for box, score, label in zip(xywh.tolist(), det["scores"].tolist(), det["labels"].tolist()):
             results.append({"image_id": int(image_id), "category_id": int(label), "bbox": box, "score": float(score)})
     return results
@@ -160,7 +162,25 @@ def coco_evaluate(coco_gt: dict, detections: list[dict] | list, image_size: int,
     return {name: (float("nan") if value < 0 else float(value)) for name, value in zip(METRICS, stats)}
 
 
-@torch.no_grad()
+def scene_batches(scenes, batch_size: int = 32, device=None):
+    """The images of a :class:`kit.data.shapes.ShapeScenes` in order, ``batch_size`` at a time:
+    yields ``(images (B, 3, H, W), gt_boxes [(M_i, 4)], gt_labels [(M_i,)])``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(scenes), batch_size):
+        yield scenes.batch(range(start, min(start + batch_size, len(scenes))), device)
+
+
+def predict_batches(model, scenes, batch_size: int = 32, device=None, **forward_options):
+    """The validation loop: yields ``(images, gt_boxes, gt_labels, model(images, **forward_options))``
+    over ``scenes`` (see :func:`scene_batches`), with ``model`` in eval mode and autograd off
+    (:func:`kit.runtime.evaluating`; the mode is restored when the loop ends)."""
+    device = device or next(model.parameters()).device
+    with evaluating(model):
+        for images, gt_boxes, gt_labels in scene_batches(scenes, batch_size, device):
+            yield images, gt_boxes, gt_labels, model(images, **forward_options)
+
+
 def evaluate_detector(model, scenes, batch_size: int = 32, device=None, **postprocess_options) -> dict[str, float]:
     """Run ``model.detect`` over a :class:`kit.data.shapes.ShapeScenes` and return COCO metrics.
 
@@ -177,11 +197,11 @@ def evaluate_detector(model, scenes, batch_size: int = 32, device=None, **postpr
     if isinstance(model, DenseDetector):  # its detect passes options on to kit.det.postprocess
         postprocess_options = {**postprocess_options, "stats": stats}
     detections = []
-    for start in range(0, len(scenes), batch_size):
-        images, _, _ = scenes.batch(range(start, min(start + batch_size, len(scenes))), device)
-        detections += model.detect(images, **postprocess_options)
+    with torch.no_grad():
+        for images, _, _ in scene_batches(scenes, batch_size, device):
+            detections += model.detect(images, **postprocess_options)
     if stats["dropped_nonfinite"]:
         warnings.warn(f"evaluate_detector: post-processing dropped {stats['dropped_nonfinite']} predictions with a "
                       f"non-finite box or score over {len(scenes)} images (NaN/inf: a diverged model?); the metrics "
-                      f"count only the finite ones", RuntimeWarning, stacklevel=3)
+                      f"count only the finite ones", RuntimeWarning, stacklevel=2)
     return coco_evaluate(to_coco(scenes), detections, scenes.config.image_size)

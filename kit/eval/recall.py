@@ -3,8 +3,8 @@
 AP ranks detections and hides a uniformly low score; recall at an operating point shows it.
 Cross-dataset training (arXiv 2001.04621) uses it to show the false negatives of naive
 merging: classes that are background in part of the training data get low scores. A ground
-truth counts as found when a detection of its class with score >= ``score_thr`` overlaps it
-with IoU >= ``iou_thr`` (one detection may match one object; greedy by score, as COCO).
+truth counts as found when a detection of its class with score >= ``score_threshold`` overlaps it
+with IoU >= ``iou_threshold`` (one detection may match one object; greedy by score, as COCO).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _check_image(index: int, det: dict, boxes: torch.Tensor, labels: torch.Tenso
 
 
 def recall_by_class(detections: list[dict], gt_boxes: list, gt_labels: list, num_classes: int,
-                    score_thr: float = 0.3, iou_thr: float = 0.5) -> torch.Tensor:
+                    score_threshold: float = 0.3, iou_threshold: float = 0.5) -> torch.Tensor:
     """(C,) recall per class (NaN for a class without ground truth).
 
     detections: per image ``{boxes (D, 4), scores (D,), labels (D,)}``; gt_boxes / gt_labels:
@@ -36,8 +36,8 @@ def recall_by_class(detections: list[dict], gt_boxes: list, gt_labels: list, num
     if not len(detections) == len(gt_boxes) == len(gt_labels):
         raise ValueError(f"need one entry per image: {len(detections)} detections, {len(gt_boxes)} box "
                          f"and {len(gt_labels)} label tensors")
-    if not 0 <= score_thr <= 1 or not 0 < iou_thr <= 1:
-        raise ValueError(f"need score_thr in [0, 1] and iou_thr in (0, 1], got {score_thr}, {iou_thr}")
+    if not 0 <= score_threshold <= 1 or not 0 < iou_threshold <= 1:
+        raise ValueError(f"need score_threshold in [0, 1] and iou_threshold in (0, 1], got {score_threshold}, {iou_threshold}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     found = torch.zeros(num_classes)
@@ -46,12 +46,12 @@ def recall_by_class(detections: list[dict], gt_boxes: list, gt_labels: list, num
         _check_image(index, det, boxes, labels, num_classes)
         labels = labels.cpu()
         total += torch.bincount(labels, minlength=num_classes)[:num_classes].float()
-        keep = det["scores"].cpu() >= score_thr
+        keep = det["scores"].cpu() >= score_threshold
         d_boxes, d_scores, d_labels = det["boxes"].cpu()[keep], det["scores"].cpu()[keep], det["labels"].cpu()[keep]
         ious = box_iou(d_boxes.float(), boxes.cpu().float()) if len(d_boxes) and len(boxes) else None
         matched = torch.zeros(len(boxes), dtype=torch.bool)
         for d in torch.argsort(d_scores, descending=True).tolist() if ious is not None else []:
-            candidates = (d_labels[d] == labels) & ~matched & (ious[d] >= iou_thr)
+            candidates = (d_labels[d] == labels) & ~matched & (ious[d] >= iou_threshold)
             if candidates.any():
                 best = torch.where(candidates, ious[d], torch.full_like(ious[d], -1)).argmax()
                 matched[best] = True

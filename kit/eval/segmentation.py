@@ -2,8 +2,11 @@
 
 ``semantic_targets`` turns the instance masks of a :class:`kit.data.shapes.ShapeScenes` into a
 class map per image (0 = background, class ``c`` -> ``c + 1``; visible masks never overlap).
-``mean_iou`` is the usual confusion-matrix mIoU: per class, true positives over (predicted +
-actual - true positives), averaged over the classes that occur in prediction or target.
+``mean_iou`` is the standard mIoU (as mmsegmentation's ``IoUMetric``): one confusion matrix
+accumulated over the whole dataset (not per image), per class true positives over (predicted +
+actual - true positives), averaged over the classes that occur in the predictions or the
+targets (a class absent from both has no IoU and is left out; one predicted but absent counts 0).
+Every page that reports "mIoU" uses it (P38, P41).
 """
 from __future__ import annotations
 

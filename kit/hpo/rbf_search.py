@@ -37,18 +37,22 @@ class RBFSearch:
 
     bounds: one ``(low, high)`` pair of ints per dimension (both inclusive); initial: starting
     points (default: ``num_initial`` points spread over the box, evenly in 1-D, a Latin
-    hypercube otherwise); seed: makes the whole search deterministic.
+    hypercube otherwise); seed: makes the whole search deterministic; kernel: the
+    :class:`~scipy.interpolate.RBFInterpolator` kernel; weights: the merit weights ``w`` the
+    proposals cycle through; a box of at most ``max_grid_points`` integer points is searched
+    point by point, a larger one through ``num_candidates`` random perturbations of the best
+    point (plus a quarter as many uniform points).
     """
 
     def __init__(self, objective: Callable[[Point], float], bounds: Sequence[tuple[int, int]],
                  initial: Sequence[Sequence[int]] | None = None, num_initial: int = 3, seed: int = 0,
                  kernel: str = "cubic", weights: Sequence[float] = (0.3, 0.5, 0.8, 0.95),
-                 num_candidates: int = 200, max_enumerate: int = 10_000):
+                 num_candidates: int = 200, max_grid_points: int = 10_000):
         self.bounds = self._check_bounds(bounds)
         if not weights or any(not 0 <= w <= 1 for w in weights):
             raise ValueError(f"weights must be a non-empty list of numbers in [0, 1], got {list(weights)}")
         self.objective, self.kernel, self.weights = objective, kernel, tuple(weights)
-        self.num_candidates, self.max_enumerate = num_candidates, max_enumerate
+        self.num_candidates, self.max_grid_points = num_candidates, max_grid_points
         self.rng = np.random.default_rng(seed)
         self.cache: dict[Point, float] = {}
         self.history: list[dict] = []
@@ -127,10 +131,10 @@ class RBFSearch:
     def candidates(self) -> np.ndarray:
         """Unevaluated integer candidates (P, D)."""
         sizes = [high - low + 1 for low, high in self.bounds]
-        if math.prod(sizes) <= self.max_enumerate:  # small box: every point
+        if math.prod(sizes) <= self.max_grid_points:  # small box: every point
             grids = np.meshgrid(*[np.arange(low, high + 1) for low, high in self.bounds], indexing="ij")
             points = np.stack([g.ravel() for g in grids], axis=1)
-        else:  # DYCORS-style: perturb the best point by a fifth of the range, plus uniform points
+        else:  # DYCORS-style: normal perturbations of the best point (sd a fifth of the range), plus uniform points
             low = np.array([b[0] for b in self.bounds])
             high = np.array([b[1] for b in self.bounds])
             best = np.array(self.best[0], dtype=float)

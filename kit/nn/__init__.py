@@ -1,1 +1,13 @@
-"""Networks: small backbones and necks, all randomly initialised (no pretrained weights)."""
+"""Networks and their building blocks, all randomly initialised (no pretrained weights).
+
+- :mod:`kit.nn.backbone` — ``TinyResNet``: a small ResNet (basic blocks) giving C2..C5.
+- :mod:`kit.nn.fpn` — ``FPN``: torchvision's feature pyramid over lists of maps.
+- :mod:`kit.nn.vit` — ``TinyViT``: a small pre-norm Vision Transformer that returns its attention maps.
+- :mod:`kit.nn.dcal` — ``DCAL``: dual cross-attention learning (GLCA and PWCA branches) on a TinyViT.
+- :mod:`kit.nn.point_classifier` — ``PointClassifier``: a plain CNN with a pluggable 3x3 operator
+  (rigid, DCNv1/v2, Deformable Kernels) that classifies the object at given points.
+- :mod:`kit.nn.sparse_resnet` — ``SparseSegNet``: stochastic sparse sampling and interpolation in
+  residual bottlenecks, with its FLOP report.
+- :mod:`kit.nn.receptive_field` — ``ReceptiveField`` / ``receptive_field``: the theoretical RF of a
+  chain of layers and where its units sit in the image.
+"""

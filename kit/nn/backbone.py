@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.ops import Conv2dNormActivation
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> Conv2dNormActivation:
+    """3x3 conv (no bias) -> BatchNorm -> ReLU; state_dict keys ``0.weight``, ``1.weight``, ... as a Sequential."""
+    return Conv2dNormActivation(in_channels, out_channels, 3, stride)
 
 
 class BasicBlock(nn.Module):
@@ -24,14 +22,10 @@ class BasicBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
         self.conv1 = conv_bn_relu(in_channels, out_channels, stride)
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(out_channels)
-        )
+        self.conv2 = Conv2dNormActivation(out_channels, out_channels, 3, activation_layer=None)
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-            )
+            self.shortcut = Conv2dNormActivation(in_channels, out_channels, 1, stride, activation_layer=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.conv2(self.conv1(x)) + self.shortcut(x))

@@ -14,7 +14,7 @@ the test bed for comparing operators on the same data, model size and budget:
 
 Layout: a rigid 3x3 stride-2 stem, then one stage per width; the first unit of a stage has
 the stage's stride (default 2). No residual connections, so the whole network is one chain and its theoretical
-receptive field is exact (:func:`kit.analysis.erf.receptive_field`).
+receptive field is exact (:func:`kit.nn.receptive_field.receptive_field`).
 """
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit.analysis.erf import ReceptiveField, receptive_field
+from kit.nn.receptive_field import ReceptiveField, receptive_field
 from kit.ops.deform_conv import DeformConv2d, bilinear_sample
 from kit.ops.deformable_kernels import DeformableKernel2d
+from kit.runtime import evaluating
 
 __all__ = ["FULL_OPS", "DEPTHWISE_OPS", "make_op", "PointClassifier", "object_points", "point_loss",
            "predict_points", "optimizer_groups"]
@@ -157,9 +158,7 @@ def point_loss(model: PointClassifier, images: torch.Tensor, points: torch.Tenso
 @torch.no_grad()
 def predict_points(model: PointClassifier, images: torch.Tensor, points: torch.Tensor, batch_size: int = 64):
     """Predicted class (B, K) at every point, in eval mode and in batches."""
-    was_training = model.training
-    model.eval()
-    out = [model(images[i:i + batch_size], points[i:i + batch_size]).argmax(-1)
-           for i in range(0, images.shape[0], batch_size)]
-    model.train(was_training)
+    with evaluating(model):
+        out = [model(images[i:i + batch_size], points[i:i + batch_size]).argmax(-1)
+               for i in range(0, images.shape[0], batch_size)]
     return torch.cat(out)

@@ -23,17 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.ops import Conv2dNormActivation
 
 from kit.ops.gumbel import gumbel_sigmoid, threshold_mask
 from kit.ops.sparse_interp import grid_prior, interpolate, sparse_conv2d
+from kit.runtime import evaluating
 
 __all__ = ["SparseBottleneck", "SparseSegNet", "TEST_TEMPERATURE", "conv_flops", "flop_report"]
 
 TEST_TEMPERATURE = 0.03  # the official test-time temperature (noise is still added)
-
-
-def _conv_bn(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out))
 
 
 class SparseBottleneck(nn.Module):
@@ -46,7 +44,10 @@ class SparseBottleneck(nn.Module):
     def __init__(self, channels: int, planes: int, sparse: bool = True, grid_interval: int = 11,
                  kernel_size: int = 7, mask_bias: float = 3.0):
         super().__init__()
-        self.conv1, self.conv2, self.conv3 = _conv_bn(channels, planes, 1), _conv_bn(planes, planes, 3), _conv_bn(planes, channels, 1)
+        # conv (no bias) -> BN each; the ReLU is applied in forward, after the sparse evaluation
+        self.conv1, self.conv2, self.conv3 = (Conv2dNormActivation(c_in, c_out, k, activation_layer=None)
+                                              for c_in, c_out, k in ((channels, planes, 1), (planes, planes, 3),
+                                                                     (planes, channels, 1)))
         self.sparse, self.grid_interval, self.kernel_size = sparse, grid_interval, kernel_size
         self.compute = "sparse"  # at test time: "sparse" (gathered positions) or "dense" (conv, then mask)
         self.last: dict = {}
@@ -98,7 +99,7 @@ class SparseSegNet(nn.Module):
     def __init__(self, num_classes: int, channels: int = 64, planes: int = 32, blocks: int = 4,
                  sparse: bool = True, grid_interval: int = 11):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, 2, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())
+        self.stem = Conv2dNormActivation(3, channels, 3, 2)
         self.blocks = nn.ModuleList(SparseBottleneck(channels, planes, sparse, grid_interval) for _ in range(blocks))
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.sparse = sparse
@@ -154,11 +155,8 @@ def flop_report(model: SparseSegNet, images: torch.Tensor, generator: torch.Gene
     sampled conv1/conv2 FLOPs plus ``p``-weighted dense ones. For the dense network both equal
     the counted FLOPs.
     """
-    was_training = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter:
+    with evaluating(model), FlopCounterMode(display=False) as counter:
         model(images, generator=generator)
-    model.train(was_training)
     real = counter.get_total_flops() / images.shape[0]
     if not model.sparse:
         return {"real": real, "expected": real}

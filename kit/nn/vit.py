@@ -28,12 +28,17 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, Nq, C) tokens that query (and carry the residual); context: (B, Nk, C) -> (B, Nq, C)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, return_attention: bool = False):
+        """x: (B, Nq, C) tokens that query (and carry the residual); context: (B, Nk, C) -> (B, Nq, C).
+
+        With ``return_attention``: ``(output, attention)``, the map (B, heads, Nq, Nk) detached.
+        """
         queries = self.norm1(x)
         keys_values = queries if context is None else self.norm1(context)
-        x = x + self.attn(queries, keys_values)
-        return x + self.mlp(self.norm2(x))
+        attended, attention = self.attn(queries, keys_values, return_attention=True)
+        x = x + attended
+        out = x + self.mlp(self.norm2(x))
+        return (out, attention) if return_attention else out
 
 
 class TinyViT(nn.Module):
@@ -78,8 +83,9 @@ class TinyViT(nn.Module):
         """
         states, attentions = [self.embed(images)], []
         for block in self.blocks:
-            states.append(block(states[-1]))
-            attentions.append(block.attn.last_attention)
+            state, attention = block(states[-1], return_attention=True)
+            states.append(state)
+            attentions.append(attention)
         return states, attentions
 
     def classify(self, tokens: torch.Tensor) -> torch.Tensor:

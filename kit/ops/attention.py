@@ -1,12 +1,12 @@
-"""Multi-head attention that keeps its attention maps, and attention rollout.
+"""Multi-head attention that can return its attention maps, attention rollout, and recording maps.
 
 * :class:`MultiHeadAttention` is Transformer attention (Vaswani et al. 2017, arXiv 1706.03762),
   ``softmax(Q K^T / sqrt(d)) V`` per head. Queries come from ``x``; keys and values come from
   ``context`` (``x`` itself by default). That one argument covers the three attentions of DCAL
   (arXiv 2205.02151): self-attention (``context=x``), global-local cross-attention (a few
   selected tokens as queries, every token as context) and pair-wise cross-attention (the
-  context is two images' tokens joined, so one softmax runs over both). Each call keeps its
-  attention weights, detached, in ``.last_attention`` so that figures can show them.
+  context is two images' tokens joined, so one softmax runs over both). With
+  ``return_attention=True`` it also returns its attention weights, detached.
 * :func:`attention_rollout` (Abnar & Zuidema 2020, arXiv 2005.00928) follows how attention
   mixes information across layers: each layer's head-fused map is averaged with the identity
   (for the residual connection), its rows renormalised, and the layers multiplied,
@@ -15,11 +15,18 @@
   by the sum of row j, which is only the same when the rows already sum to 1).
 * :func:`class_token_scores` and :func:`top_tokens` read the class token's row of a rollout and
   pick the most attended patch tokens (DCAL's local queries).
+* :func:`recording` is the kit's one way of keeping attention maps for figures from layers
+  that are deep inside a model: a layer that can keep them has a ``record`` flag and, after a
+  call made while it is set, a ``last`` dict of detached tensors
+  (:class:`kit.ops.ms_deform_attn.MSDeformAttn`, :class:`kit.det.transformer.DecoderLayer`).
+  Where the maps are part of the computation (rollout picks DCAL's queries), the layer returns
+  them instead (``return_attention=True``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -40,14 +47,16 @@ class MultiHeadAttention(nn.Module):
         self.key = nn.Linear(dim, dim, bias=qkv_bias)
         self.value = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.last_attention: torch.Tensor | None = None  # (B, heads, Nq, Nk), detached
 
     def split_heads(self, tokens: torch.Tensor) -> torch.Tensor:
         batch, length, _ = tokens.shape
         return tokens.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, Nq, C) queries; context: (B, Nk, C) keys and values (default ``x``) -> (B, Nq, C)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, return_attention: bool = False):
+        """x: (B, Nq, C) queries; context: (B, Nk, C) keys and values (default ``x``) -> (B, Nq, C).
+
+        With ``return_attention``: ``(output, attention)``, the weights (B, heads, Nq, Nk) detached.
+        """
         context = x if context is None else context
         if x.dim() != 3 or context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[2] != x.shape[2]:
             raise ValueError(f"x and context must be (B, N, C) with the same B and C, got {tuple(x.shape)} "
@@ -57,9 +66,29 @@ class MultiHeadAttention(nn.Module):
         v = self.split_heads(self.value(context))  # (B, heads, Nk, d)
         # One softmax over all Nk keys for every query.
         attention = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)  # (B, heads, Nq, Nk)
-        self.last_attention = attention.detach()
         mixed = (attention @ v).transpose(1, 2).flatten(2)  # (B, Nq, C)
-        return self.proj(mixed)
+        out = self.proj(mixed)
+        return (out, attention.detach()) if return_attention else out
+
+
+@contextlib.contextmanager
+def recording(*modules: nn.Module) -> Iterator[None]:
+    """``with recording(layer, ...):`` each layer keeps its last call's maps in ``layer.last``.
+
+    Sets ``record = True`` on every given module for the block and puts back the value it had,
+    even when the block raises. A module without a ``record`` attribute is refused.
+    """
+    for module in modules:
+        if not hasattr(module, "record"):
+            raise TypeError(f"{type(module).__name__} keeps no attention maps (it has no `record` flag)")
+    before = [module.record for module in modules]
+    for module in modules:
+        module.record = True
+    try:
+        yield
+    finally:
+        for module, value in zip(modules, before):
+            module.record = value
 
 
 # --------------------------------------------------------------------------- rollout

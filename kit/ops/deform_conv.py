@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
-__all__ = ["bilinear_sample", "sampling_positions", "deformable_columns", "deform_conv2d",
+__all__ = ["bilinear_sample", "conv_output_size", "sampling_positions", "deformable_columns", "deform_conv2d",
            "deform_conv2d_reference", "check_deform_inputs", "check_finite_offsets", "DeformConv2d",
            "MASK_ACTIVATIONS"]
 
@@ -72,9 +72,12 @@ def bilinear_sample(data: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) 
     return sampled[:, :, 0]
 
 
-def _output_size(in_size, kernel, stride, padding, dilation):
+def conv_output_size(in_size, kernel_size, stride=1, padding=0, dilation=1) -> tuple[int, int]:
+    """``(Ho, Wo)`` of a 2-d convolution on an ``(H, W)`` input (the formula of :class:`torch.nn.Conv2d`):
+    ``(H + 2 p - d (k - 1) - 1) // s + 1`` per axis; every argument an int or a pair."""
     return tuple((i + 2 * p - (d * (k - 1) + 1)) // s + 1
-                 for i, k, s, p, d in zip(in_size, kernel, stride, padding, dilation))
+                 for i, k, s, p, d in zip(_pair(in_size), _pair(kernel_size), _pair(stride), _pair(padding),
+                                          _pair(dilation)))
 
 
 def sampling_positions(offset: torch.Tensor, kernel_size, stride=1, padding=0, dilation=1) -> torch.Tensor:
@@ -150,7 +153,7 @@ def check_deform_inputs(input, offset, weight, bias=None, stride=1, padding=0, d
     offset_groups = offset.shape[1] // (2 * taps)
     if c_in % offset_groups != 0:
         raise ValueError(f"{offset_groups} offset groups do not divide the input's {c_in} channels")
-    out_hw = _output_size((h, w), (kh, kw), stride, padding, dilation)
+    out_hw = conv_output_size((h, w), (kh, kw), stride, padding, dilation)
     if min(out_hw) < 1:
         raise ValueError(f"input {h}x{w} is too small for kernel {kh}x{kw} with padding {padding}, "
                          f"dilation {dilation}: the output would be {out_hw[0]}x{out_hw[1]}")

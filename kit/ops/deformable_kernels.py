@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from kit.ops.deform_conv import bilinear_sample, check_finite_offsets, deformable_columns
+from kit.ops.deform_conv import bilinear_sample, check_finite_offsets, conv_output_size, deformable_columns
 
 __all__ = ["scope_coordinates", "sample_kernels", "deformable_kernel_conv2d", "DeformableKernel2d", "DK_MODES"]
 
@@ -109,8 +109,7 @@ def deformable_kernel_conv2d(input: torch.Tensor, kernel_offset: torch.Tensor, s
     if scope_weight.shape[2] < kh or scope_weight.shape[3] < kw:
         raise ValueError(f"the scope {tuple(scope_weight.shape[2:])} must be at least the kernel size {(kh, kw)}")
     (st, pd, dl) = _pair(stride), _pair(padding), _pair(dilation)
-    ho = (h + 2 * pd[0] - dl[0] * (kh - 1) - 1) // st[0] + 1
-    wo = (w + 2 * pd[1] - dl[1] * (kw - 1) - 1) // st[1] + 1
+    ho, wo = conv_output_size((h, w), (kh, kw), st, pd, dl)
     if ho < 1 or wo < 1:
         raise ValueError(f"input {h}x{w} is too small for kernel {kh}x{kw}, padding {pd}, dilation {dl}")
     if kernel_offset.dim() != 4 or kernel_offset.shape[0] != b or tuple(kernel_offset.shape[2:]) != (ho, wo):

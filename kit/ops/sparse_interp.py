@@ -29,6 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kit.ops.deform_conv import conv_output_size
+
 __all__ = ["gaussian_kernel", "gaussian_kernel_1d", "interpolate", "interpolate_2d", "grid_prior",
            "sparse_conv2d", "DENOMINATOR_EPS"]
 
@@ -124,7 +126,7 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, str
     c_out, c_w, kh, kw = weight.shape
     if c_w != c_in or kh != kw:
         raise ValueError(f"weight {tuple(weight.shape)} must be (C_out, {c_in}, k, k)")
-    h_out, w_out = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    h_out, w_out = conv_output_size((h, w), (kh, kw), stride, padding)
     if mask.shape != (n, 1, h_out, w_out):
         raise ValueError(f"mask must be (N, 1, H_out, W_out) = ({n}, 1, {h_out}, {w_out}), got {tuple(mask.shape)}")
     batch, rows, cols = torch.nonzero(mask[:, 0] != 0, as_tuple=True)  # (n_s,) each

@@ -9,12 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from kit.viz.boxes import to_image
-
-
-def _array(values) -> np.ndarray:
-    if hasattr(values, "detach"):
-        values = values.detach().float().cpu().numpy()
-    return np.asarray(values, dtype=float)
+from kit.viz.maps import as_array, image_axes
 
 
 def draw_attention(ax, image, weights, title: str | None = None, query=None, cmap: str = "inferno",
@@ -27,7 +22,7 @@ def draw_attention(ax, image, weights, title: str | None = None, query=None, cma
     feature map pass ``cell`` (pixels between cell centres, e.g. the stride) and ``first_centre``
     (the pixel coordinate of cell 0's centre) to place each cell where it really is.
     """
-    weights = _array(weights)
+    weights = as_array(weights)
     if weights.ndim != 2:
         raise ValueError(f"weights must be a (h, w) map, got shape {weights.shape}")
     picture = to_image(image)
@@ -40,14 +35,9 @@ def draw_attention(ax, image, weights, title: str | None = None, query=None, cma
         extent = (start, start + cell * weights.shape[1], start + cell * weights.shape[0], start)
     top = vmax if vmax is not None else max(float(weights.max()), 1e-12)
     shown = ax.imshow(weights, extent=extent, cmap=cmap, alpha=alpha, vmin=0, vmax=top, interpolation="nearest")
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)
     if query is not None:
         ax.scatter([query[0]], [query[1]], s=60, marker="x", color="cyan", linewidths=2)
-    if title:
-        ax.set_title(title, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    image_axes(ax, width, height, title)
     if colorbar:
         ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     return shown
@@ -59,7 +49,7 @@ def draw_tokens(ax, tokens, grid: tuple[int, int], image_size: int, color: str =
 
     rows, cols = grid
     cell_h, cell_w = image_size / rows, image_size / cols
-    for number, token in enumerate(np.asarray(_array(tokens), dtype=int).ravel()):
+    for number, token in enumerate(np.asarray(as_array(tokens), dtype=int).ravel()):
         if not 0 <= token < rows * cols:
             raise ValueError(f"token {token} is outside the {rows}x{cols} grid")
         r, c = divmod(int(token), cols)
@@ -69,5 +59,5 @@ def draw_tokens(ax, tokens, grid: tuple[int, int], image_size: int, color: str =
 
 def draw_points(ax, points, color: str = "cyan", size: float = 18, label: str | None = None):
     """Scatter (P, 2) points given as (x, y) pixels, e.g. deformable sampling locations."""
-    points = _array(points).reshape(-1, 2)
+    points = as_array(points).reshape(-1, 2)
     ax.scatter(points[:, 0], points[:, 1], s=size, color=color, edgecolors="black", linewidths=0.5, label=label)

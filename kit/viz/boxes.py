@@ -5,6 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib import patches
+from torchvision.ops import box_convert
 
 CLASS_COLORS = plt.get_cmap("tab10").colors
 
@@ -27,11 +28,11 @@ def to_image(image) -> np.ndarray:
 def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None, linestyle="-",
                linewidth=1.5, fontsize=7):
     """Draw xyxy boxes on ``ax``; colour by label unless ``color`` is given."""
-    boxes = torch.as_tensor(boxes).detach().cpu().reshape(-1, 4)
-    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+    boxes = box_convert(torch.as_tensor(boxes).detach().cpu().reshape(-1, 4).float(), "xyxy", "xywh")
+    for i, (x0, y0, width, height) in enumerate(boxes.tolist()):
         label = None if labels is None else int(labels[i])
         c = color or CLASS_COLORS[(label or 0) % len(CLASS_COLORS)]
-        ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c,
+        ax.add_patch(patches.Rectangle((x0, y0), width, height, fill=False, edgecolor=c,
                                        linewidth=linewidth, linestyle=linestyle))
         text = []
         if label is not None:
@@ -44,6 +45,7 @@ def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None
 
 
 def show_image(ax, image, title: str | None = None):
+    """Draw an image (see :func:`to_image`) on ``ax`` without ticks, with an optional title."""
     ax.imshow(to_image(image), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -51,7 +53,8 @@ def show_image(ax, image, title: str | None = None):
         ax.set_title(title, fontsize=9)
 
 
-def show_examples(scenes, indices, detections=None, ncols: int = 4, size: float = 2.6, score_thr: float = 0.3):
+def show_examples(scenes, indices, detections=None, ncols: int = 4, size: float = 2.6,
+                  score_threshold: float = 0.3):
     """A grid of dataset images with ground truth (solid) and optional detections (dashed)."""
     indices = list(indices)
     nrows = (len(indices) + ncols - 1) // ncols
@@ -64,7 +67,7 @@ def show_examples(scenes, indices, detections=None, ncols: int = 4, size: float 
         draw_boxes(ax, boxes, labels, class_names=scenes.class_names)
         if detections is not None:
             det = detections[k]
-            keep = det["scores"] >= score_thr
+            keep = det["scores"] >= score_threshold
             draw_boxes(ax, det["boxes"][keep], det["labels"][keep], det["scores"][keep], linestyle="--")
     fig.tight_layout()
     return fig

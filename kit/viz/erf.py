@@ -8,35 +8,31 @@
 * :func:`draw_kernel_space`: Deformable Kernels' view: the scope kernel ``W`` (S x S) with the
   rigid tap positions (rings) and where the taps actually read it (dots, arrows).
 
-Coordinates: images span ``[0, W] x [0, H]`` with pixel ``i`` covering ``[i, i + 1)``; positions
-given as pixel indices (ERF maps, sampling points) are drawn at pixel centres.
+Coordinates: images span ``[0, W] x [0, H]`` with pixel ``i`` covering ``[i, i + 1)``; points are
+``(x, y)``; sampling points given as pixel indices are drawn at pixel centres (``+ 0.5``). Kernel
+space (:func:`draw_kernel_space`) is a weight array, so its taps are ``(row, col)`` indices.
 """
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from matplotlib import patches
 
 from kit.viz.boxes import to_image
-
-
-def _array(values) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().float().cpu().numpy()
-    return np.asarray(values, dtype=float)
+from kit.viz.maps import as_array, image_axes
 
 
 def draw_erf(ax, erf, image=None, rf_box=None, points=None, point_weights=None, centre=None, title=None,
              cmap: str = "inferno", alpha: float = 0.7, point_color: str = "cyan"):
     """One ERF panel. erf (H, W); image (3, H, W) or None; rf_box (x0, y0, x1, y1) continuous;
-    points (N, 2) as (y, x) pixel indices with optional weights (N,) in [0, 1]; centre (x, y).
+    points (N, 2) as (x, y) pixel indices (as :func:`kit.analysis.sampling_points.stacked_sampling_points`
+    returns them) with optional weights (N,) in [0, 1]; centre (x, y) continuous.
 
     The heatmap is the ERF divided by its 99.5th percentile and clipped at 1 (so panels compare
     shapes, not scales, and one hot pixel does not wash the rest out); over an image its opacity
     grows with the ERF, so the image shows where the ERF is weak.
     """
-    values = _array(erf)
+    values = as_array(erf)
     h, w = values.shape
     extent = (0, w, h, 0)
     if image is not None:
@@ -54,21 +50,16 @@ def draw_erf(ax, erf, image=None, rf_box=None, points=None, point_weights=None, 
         ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white",
                                        linestyle="--", linewidth=1.2))
     if points is not None:
-        pts = _array(points).reshape(-1, 2)
-        weights = np.ones(len(pts)) if point_weights is None else np.clip(_array(point_weights).reshape(-1), 0, 1)
+        pts = as_array(points).reshape(-1, 2)
+        weights = np.ones(len(pts)) if point_weights is None else np.clip(as_array(point_weights).reshape(-1), 0, 1)
         colours = np.zeros((len(pts), 4))
         colours[:] = plt.matplotlib.colors.to_rgba(point_color)
         colours[:, 3] = 0.15 + 0.85 * weights / max(weights.max(), 1e-12)
         size = max(5.0, 40.0 / np.sqrt(len(pts)))  # few points drawn larger than many
-        ax.scatter(pts[:, 1] + 0.5, pts[:, 0] + 0.5, s=size, c=colours, edgecolors="black", linewidths=0.3)
+        ax.scatter(pts[:, 0] + 0.5, pts[:, 1] + 0.5, s=size, c=colours, edgecolors="black", linewidths=0.3)
     if centre is not None:
         ax.plot([float(centre[0])], [float(centre[1])], marker="+", color="lime", markersize=9, mew=2)
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=8)
+    image_axes(ax, w, h, title)
     return heat
 
 
@@ -100,13 +91,13 @@ def draw_kernel_space(ax, scope_kernel, sampled, rigid=None, title=None, cmap: s
     sit before their offsets (default: none drawn). Scope pixel ``(r, c)`` is drawn centred at
     ``(r, c)``; a tap outside ``(-1, S)`` reads zero.
     """
-    kernel = _array(scope_kernel)
+    kernel = as_array(scope_kernel)
     s_h, s_w = kernel.shape
     bound = max(abs(kernel).max(), 1e-12)
     ax.imshow(kernel, cmap=cmap, vmin=-bound, vmax=bound, extent=(-0.5, s_w - 0.5, s_h - 0.5, -0.5))
-    taps = _array(sampled).reshape(-1, 2)
+    taps = as_array(sampled).reshape(-1, 2)
     if rigid is not None:
-        base = _array(rigid).reshape(-1, 2)
+        base = as_array(rigid).reshape(-1, 2)
         ax.scatter(base[:, 1], base[:, 0], s=40, facecolors="none", edgecolors="black", linewidths=1.0)
         for (r0, c0), (r1, c1) in zip(base, taps):
             ax.annotate("", xy=(c1, r1), xytext=(c0, r0), arrowprops=dict(arrowstyle="->", lw=0.8, color="black"))

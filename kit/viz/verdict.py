@@ -1,6 +1,6 @@
 """Figures of the kit's verdicts: paired seeds per claim, and a metric over training.
 
-Both draw only what :mod:`kit.experiment` measured: the per-seed values a comparison holds,
+Both draw only what :mod:`kit.experiment` measured and :mod:`kit.verdicts` decided: the per-seed values a comparison holds,
 and the evaluated points of training histories (``kit.experiment.evaluate_at``).
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from kit.experiment import curve_of, signed_differences
+from kit.experiment import curve_of
+from kit.verdicts import signed_differences
 
 
 def _wrapped(name: str, width: int = 14) -> str:
