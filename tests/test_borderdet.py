@@ -40,9 +40,16 @@ def test_border_branch_shapes_and_side_major_layout():
     branch = BorderBranch(in_channels=8, border_channels=3, pool_size=4)
     feature = torch.randn(2, 8, 5, 6)
     boxes = torch.tensor([1.0, 1.0, 3.0, 4.0]).expand(2, 30, 4)
+    fused_inputs = []
+    branch.fuse.register_forward_pre_hook(lambda module, args: fused_inputs.append(args[0]))
     assert branch(feature, boxes).shape == (2, 8, 5, 6)
     pooled, argmax = branch.pooled(feature, boxes, return_argmax=True)
     assert pooled.shape == argmax.shape == (2, 3, 30, 4) and argmax.max() <= 4
+    # side-major: the fuse conv sees the C channels of side 0 (top), then side 1, ... then the point's own
+    fused = fused_inputs[0]  # (B, 4C + C, H, W)
+    for side in range(4):
+        assert torch.equal(fused[:, 3 * side:3 * (side + 1)], pooled[..., side].reshape(2, 3, 5, 6))
+    assert torch.equal(fused[:, 12:], branch.current_point(feature))
 
 
 def _model(num_classes, head_cls=BorderHead):

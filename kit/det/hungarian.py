@@ -184,6 +184,8 @@ def _layer_loss(logits, boxes, targets, num_classes, mode, weights, eos_coef, nu
 
     pred = boxes[batch_index, query_index].float()  # (sum M, 4)
     loss_l1 = F.l1_loss(pred, matched_boxes, reduction="sum") / num_boxes
+    # The official DETR loss takes the diagonal of the pairwise GIoU matrix; kept so, since
+    # torchvision's generalized_box_iou_loss adds eps=1e-7 to both denominators (other digits).
     giou = torch.diag(generalized_box_iou(box_convert(pred, "cxcywh", "xyxy"),
                                           box_convert(matched_boxes, "cxcywh", "xyxy")))
     loss_giou = (1 - giou).sum() / num_boxes
