@@ -248,3 +248,14 @@ def test_the_book_folds_source_display_and_figure_code_but_not_the_rest():
     assert not pages.folds_its_code(code(long_draw, [printed]))  # the experiment's code stays open
     assert not pages.folds_its_code(code(long_draw, [figure], tags=["show-input"]))
     assert not pages.folds_its_code({"cell_type": "markdown", "source": "show.source(x)", "metadata": {}})
+
+
+NOTEBOOK_BUDGET_BYTES = 6_000_000  # an executed notebook, figures at 2x pixels and explorer frames included
+
+
+def test_committed_notebooks_stay_within_their_size_budget():
+    """Figures are PNGs at twice the layout pixels and explorers carry their frames; a page stays under 6 MB."""
+    for path in execute.find_notebooks():
+        size = path.stat().st_size
+        assert size <= NOTEBOOK_BUDGET_BYTES, (f"{path.name} is {size / 1e6:.1f} MB, over the "
+                                               f"{NOTEBOOK_BUDGET_BYTES / 1e6:.0f} MB budget: smaller figures or fewer frames")

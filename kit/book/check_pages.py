@@ -59,10 +59,12 @@ PAGE_PROBE = r"""
   const shrunk = [];
   for (const img of article.querySelectorAll('img')) {
     if (!img.naturalWidth || !img.complete) { shrunk.push(`${img.src.split('/').pop()} (not loaded)`); continue; }
-    // the size it was laid out for: its width attribute (a 2x PNG says half its pixels), else
+    // the size it was laid out for: its style or width attribute (a 2x PNG says half its pixels), else
     // its pixels over data-density, else its pixels
     const density = (img.dataset && img.dataset.density) ? parseFloat(img.dataset.density) : 1;
-    const intended = img.getAttribute('width') ? parseFloat(img.getAttribute('width')) : img.naturalWidth / density;
+    // (myst-nb writes a 2x PNG's layout size as style="width: Npx")
+    const styled = img.style.width.endsWith('px') ? parseFloat(img.style.width) : null;
+    const intended = styled || (img.getAttribute('width') ? parseFloat(img.getAttribute('width')) : img.naturalWidth / density);
     const ratio = img.getBoundingClientRect().width / intended;
     if (ratio < 0.9) shrunk.push(`${img.src.split('/').pop().slice(0, 24)} (${Math.round(100 * ratio)} %)`);
   }
