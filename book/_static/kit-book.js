@@ -21,7 +21,8 @@
  * collapsed, as the header's menu button would leave it; the same button brings it back.
  *
  * And the explorers (kit.viz.explorer): 5. each .kit-explorer holds its frames, drawn when the
- * notebook ran, as JSON keyed by the controls' positions ("2,0"); moving a control shows the
+ * notebook ran, as JSON keyed by the controls' positions ("2,0,0", a control the book holds fixed
+ * at position 0); moving a control shows the
  * frame for the new positions, and its label the value. No kernel, no request.
  * 6. Search: Sphinx's result snippets are the text of the page's HTML, where formulas are
  * still TeX source (MathJax typesets them only on the page itself); the snippets drop
@@ -90,8 +91,13 @@
     var frames = JSON.parse(box.querySelector("script.kit-explorer-frames").textContent);
     var image = box.querySelector("img.kit-explorer-image");
     var controls = box.querySelectorAll("[data-kit-control]");
+    // one position per control, in order: a slider's value, 0 for a control fixed in the book
+    var slots = box.querySelectorAll(".kit-explorer-controls > label, .kit-explorer-controls > .kit-explorer-fixed");
     function show() {
-      var key = Array.prototype.map.call(controls, function (control) { return control.value; }).join(",");
+      var key = Array.prototype.map.call(slots, function (slot) {
+        var control = slot.querySelector("[data-kit-control]");
+        return control ? control.value : "0";
+      }).join(",");
       controls.forEach(function (control) {
         var label = control.parentNode.querySelector("output");
         if (label) label.textContent = JSON.parse(control.dataset.labels)[control.value];

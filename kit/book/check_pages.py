@@ -11,7 +11,8 @@ Per page, one line: OK, or the faults found. A page fails on
   formula for screen readers that is clipped to nothing on screen, whose unclipped box can
   reach past the edge when the formula ends a line);
 * an explorer without its static frames (a ``.kit-explorer`` without two or more precomputed
-  frames in it, or a live widget panel, which cannot respond without a kernel);
+  frames in it, keyed by one position per control, or a live widget panel, which cannot
+  respond without a kernel);
 * an image shown at less than 90 % of its natural width.
 
 Chromium is driven over the DevTools protocol (``websocket-client``, already a dependency of
@@ -72,8 +73,15 @@ PAGE_PROBE = r"""
   // cannot respond without a kernel; a set of frames counts when it holds two or more.
   const explorers = article.querySelectorAll('.kit-explorer, .widget-interact').length
     + [...article.querySelectorAll('i')].filter(i => i.textContent.startsWith('Explorer: move')).length;
-  const frames = [...article.querySelectorAll('.kit-explorer script.kit-explorer-frames')]
-    .filter(s => { try { return Object.keys(JSON.parse(s.textContent)).length >= 2; } catch (e) { return false; } }).length;
+  // ... and whose keys have one position per control (what kit-book.js looks up as they move)
+  const frames = [...article.querySelectorAll('.kit-explorer')].filter(box => {
+    const script = box.querySelector('script.kit-explorer-frames');
+    const slots = box.querySelectorAll('.kit-explorer-controls > label, .kit-explorer-controls > .kit-explorer-fixed').length;
+    try {
+      const keys = Object.keys(JSON.parse(script.textContent));
+      return keys.length >= 2 && keys.every(k => k.split(',').length === slots);
+    } catch (e) { return false; }
+  }).length;
   return JSON.stringify({wide: [...new Set(wide)].slice(0, 6), shrunk, explorers, frames,
                          height: document.documentElement.scrollHeight});
 })()
