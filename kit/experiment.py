@@ -227,8 +227,8 @@ def rerun_report(page: Sequence[Mapping], page_verdict: str, rerun: Mapping | No
     contradict, so a different verdict there is reported, not counted against the page.
     """
     if rerun is None:
-        return ("No rerun with other seeds and threads is recorded for this page yet (exercise 1 asks you "
-                "to make one).")
+        return ("No rerun with other seeds and threads is recorded for this page yet (the rerun exercise "
+                "below says how to make one).")
     by_claim = {c["claim"]: c for c in rerun["comparisons"]}
     missing = [c["claim"] for c in page if c["claim"] not in by_claim]
     if missing:

@@ -24,8 +24,8 @@ def source_text(obj) -> tuple[str, str]:
 
 
 def summary_line(obj) -> str:
-    """The first line of an object's docstring, or "" when it has none."""
-    doc = inspect.getdoc(obj) or ""
+    """The first line of an object's own docstring, or "" when it has none (none is inherited)."""
+    doc = inspect.cleandoc(obj.__doc__) if isinstance(getattr(obj, "__doc__", None), str) else ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 

@@ -259,3 +259,21 @@ def test_committed_notebooks_stay_within_their_size_budget():
         size = path.stat().st_size
         assert size <= NOTEBOOK_BUDGET_BYTES, (f"{path.name} is {size / 1e6:.1f} MB, over the "
                                                f"{NOTEBOOK_BUDGET_BYTES / 1e6:.0f} MB budget: smaller figures or fewer frames")
+
+
+def test_no_figure_text_is_set_below_the_styles_minimum():
+    """Text under 9 pt is under 10 px on the book's screen: kit.viz and the notebooks never ask for it."""
+    import re
+
+    from kit.viz.style import MIN_TEXT_POINTS
+
+    small = []
+    sources = {str(p): p.read_text() for p in (ROOT / "kit" / "viz").glob("*.py")}
+    for path in sorted((ROOT / "notebooks").glob("*/*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        sources[str(path)] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    for name, text in sources.items():
+        for match in re.finditer(r"\b(fontsize|labelsize|title_fontsize)\s*=\s*(\d+(?:\.\d+)?)", text):
+            if float(match.group(2)) < MIN_TEXT_POINTS:
+                small.append(f"{name}: {match.group(0)}")
+    assert not small, f"figure text below {MIN_TEXT_POINTS} pt: {small}"

@@ -15,8 +15,9 @@ DEFAULTS = {"alpha": 1.0, "kind": "a", "fixed": 7}
 
 
 def draw(alpha, kind, fixed):
-    """A figure whose pixels depend on every argument."""
+    """A figure whose pixels depend on every argument, with a title above the axes that must not be cut."""
     figure, axis = plt.subplots(figsize=(2, 1.5))
+    figure.suptitle("a title high up", y=1.05)
     axis.bar([0, 1, 2], [alpha, "abc".index(kind) + 1, fixed / 7])
     axis.set_ylim(0, 4)
     return figure
@@ -35,8 +36,12 @@ def test_static_frames_cover_every_combination_and_start_at_the_defaults():
     assert len(set(frames.values())) == 6, "each combination of values must draw a different frame"
     assert f"src='{frames['1,0']}'" in page  # alpha=1.0 is position 1, kind='a' position 0
     assert "value='1'" in page and "data-labels='[&quot;0.5&quot;, &quot;1&quot;, &quot;2&quot;]'" in page
-    width = round(2 * plt.rcParams["figure.dpi"])  # the figure is 2 in wide; its frame has twice the pixels
-    assert "data-density='2'" in page and f"width='{width}'" in page
+    import base64
+
+    png = base64.b64decode(frames["1,0"].split(",", 1)[1])
+    pixels = int.from_bytes(png[16:20], "big")  # cropped to what is drawn (titles kept), at twice the pixels
+    assert "data-density='2'" in page and f"width='{round(pixels / 2)}'" in page
+    assert 1.5 * plt.rcParams["figure.dpi"] < pixels / 2 <= 2 * plt.rcParams["figure.dpi"]  # a 2-in figure, cropped
     assert not plt.get_fignums(), "frames must not leave figures open for the page"
 
 

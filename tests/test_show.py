@@ -34,3 +34,23 @@ def test_a_kit_object_shown_is_found_again_by_provenance(monkeypatch):
         module, qualname = tag["kit_source"]["module"], tag["kit_source"]["qualname"]
         _, code = show.source_text(getattr(show, qualname))
         assert provenance.shown_source_hash(module, qualname) == hashlib.sha256(code.encode()).hexdigest()
+
+
+def test_the_summary_line_is_the_objects_own_docstring_never_an_inherited_one():
+    import torch
+
+    class Undocumented(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    class Documented(torch.nn.Module):
+        def forward(self, x):
+            """Return x unchanged.
+
+            More lines the summary leaves out.
+            """
+            return x
+
+    assert show.summary_line(Undocumented.forward) == ""  # not nn.Module.forward's "Define the computation..."
+    assert show.summary_line(Documented.forward) == "Return x unchanged."
+    assert show.summary_line(example) == "Double x, the one line a reader sees folded."

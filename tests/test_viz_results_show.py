@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
@@ -121,3 +123,56 @@ def test_verdict_figures_draw_the_measured_values():
     plt.close(fig)
     with pytest.raises(ValueError, match="at least one"):
         viz_verdict.paired_seeds([])
+
+
+@pytest.mark.parametrize("baseline, method", [("dense, smaller input", "sparse λ=0.2"),
+                                              ("fixed k = 13", "dynamic k ∈ K*"),
+                                              ("ATSS (the paper's baseline)", "TOOD with task alignment")])
+def test_paired_seeds_tick_labels_do_not_overlap(baseline, method):
+    from kit.viz import verdict as viz_verdict
+
+    claim = experiment.Claim("a claim", baseline, method, "AP", margin=0.01)
+    comparison = experiment.compare(claim, {0: 0.30, 1: 0.31, 2: 0.29}, {0: 0.34, 1: 0.36, 2: 0.33})
+    fig = viz_verdict.paired_seeds([comparison, comparison], scale=100)
+    fig.canvas.draw()
+    for ax in fig.axes[::2]:
+        left, right = (label.get_window_extent() for label in ax.get_xticklabels())
+        assert left.x1 < right.x0, f"{baseline!r} and {method!r} overlap under their panel"
+    plt.close(fig)
+
+
+def test_erf_background_is_a_dimmed_grey_whatever_the_image():
+    from kit.viz.erf import dimmed_grey, draw_erf
+
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 16, 3))
+    grey = dimmed_grey(image)
+    assert grey.shape == (16, 16) and grey.min() >= 0.25 and grey.max() <= 0.6
+    assert dimmed_grey(np.ones((2, 2, 3))) == pytest.approx(np.full((2, 2), 0.6))
+    fig, ax = plt.subplots()
+    draw_erf(ax, rng.random((16, 16)), image=torch.from_numpy(image).permute(2, 0, 1).float())
+    background = ax.images[0].get_array()
+    assert background.ndim == 2 and background.max() <= 0.6  # grey, not the RGB texture
+    plt.close(fig)
+
+
+def test_show_image_puts_pixel_i_on_the_box_coordinates_i_to_i_plus_1():
+    fig, ax = plt.subplots()
+    boxes.show_image(ax, torch.zeros(3, 6, 10))
+    assert ax.images[0].get_extent() == [0, 10, 6, 0]
+    assert tuple(ax.get_xlim()) == (0, 10) and tuple(ax.get_ylim()) == (6, 0)
+    plt.close(fig)
+
+
+def test_training_curves_of_arm_seed_pairs_colour_the_arm_and_style_the_seed():
+    history = pd.DataFrame({"step": range(6), "loss": [3.0, 2.0, 1.5, 1.2, 1.0, 0.9]})
+    runs = {(arm, seed): history for seed in (0, 1, 2) for arm in ("A", "B", "C", "D", "E", "F")}
+    fig = curves.training_curves(runs, keys=["loss"], smooth=1)
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    assert lines["('A', 0)"].get_color() == lines["('A', 2)"].get_color() != lines["('B', 0)"].get_color()
+    assert lines["('A', 0)"].get_linestyle() != lines["('A', 1)"].get_linestyle()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["A", "B", "C", "D", "E", "F", "seed 0", "seed 1", "seed 2"]  # each colour named once
+    plt.close(fig)
+    with pytest.raises(ValueError, match="at most"):
+        curves.training_curves({("A", s): history for s in range(5)}, keys=["loss"])

@@ -67,6 +67,7 @@ class TaskDecomposition(nn.Module):
         return self.layer_attention(avg_feat).flatten(1)
 
     def forward(self, feat: torch.Tensor, avg_feat: torch.Tensor | None = None) -> torch.Tensor:
+        """One task's features (B, F, H, W) from the stacked ones (B, N*F, H, W), pooled ``avg_feat`` optional."""
         b, _, h, w = feat.shape
         n, f = self.stacked_convs, self.feat_channels
         if avg_feat is None:

@@ -43,7 +43,7 @@ def level_legend(ax, strides=(8, 16, 32)):
     """A legend of the level markers."""
     handles = [plt.Line2D([], [], marker=LEVEL_MARKERS[i], linestyle="", color="gray", markeredgecolor="black",
                           label=f"P{i + 3} (stride {s})") for i, s in enumerate(strides)]
-    ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
+    ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.8)
 
 
 def score_iou_scatter(ax, scores, ious, label: str, color=None, max_points: int = 3000, seed: int = 0):

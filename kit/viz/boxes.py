@@ -26,7 +26,7 @@ def to_image(image) -> np.ndarray:
 
 
 def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None, linestyle="-",
-               linewidth=1.5, fontsize=7):
+               linewidth=1.5, fontsize=9):
     """Draw xyxy boxes on ``ax``; colour by label unless ``color`` is given."""
     boxes = box_convert(torch.as_tensor(boxes).detach().cpu().reshape(-1, 4).float(), "xyxy", "xywh")
     for i, (x0, y0, width, height) in enumerate(boxes.tolist()):
@@ -45,8 +45,14 @@ def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None
 
 
 def show_image(ax, image, title: str | None = None):
-    """Draw an image (see :func:`to_image`) on ``ax`` without ticks, with an optional title."""
-    ax.imshow(to_image(image), interpolation="nearest")
+    """Draw an image (see :func:`to_image`) on ``ax`` without ticks, with an optional title.
+
+    Pixel ``i`` covers ``[i, i + 1)`` (the kit's box coordinates), so the image spans ``[0, W] x [0, H]``;
+    matplotlib's default extent would put it half a pixel up and left of the boxes drawn on it.
+    """
+    picture = to_image(image)
+    height, width = picture.shape[:2]
+    ax.imshow(picture, interpolation="nearest", extent=(0, width, height, 0))
     ax.set_xticks([])
     ax.set_yticks([])
     if title:

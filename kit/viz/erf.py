@@ -22,6 +22,12 @@ from kit.viz.boxes import to_image
 from kit.viz.maps import as_array, image_axes
 
 
+def dimmed_grey(image: np.ndarray, low: float = 0.25, high: float = 0.6) -> np.ndarray:
+    """An (H, W, 3) image in [0, 1] as its luminance (H, W) squeezed into [low, high]: a quiet background."""
+    luminance = np.asarray(image, dtype=float) @ np.array([0.299, 0.587, 0.114])
+    return low + (high - low) * np.clip(luminance, 0, 1)
+
+
 def draw_erf(ax, erf, image=None, rf_box=None, points=None, point_weights=None, centre=None, title=None,
              cmap: str = "inferno", alpha: float = 0.7, point_color: str = "cyan"):
     """One ERF panel. erf (H, W); image (3, H, W) or None; rf_box (x0, y0, x1, y1) continuous;
@@ -30,13 +36,14 @@ def draw_erf(ax, erf, image=None, rf_box=None, points=None, point_weights=None, 
 
     The heatmap is the ERF divided by its 99.5th percentile and clipped at 1 (so panels compare
     shapes, not scales, and one hot pixel does not wash the rest out); over an image its opacity
-    grows with the ERF, so the image shows where the ERF is weak.
+    grows with the ERF, so the image shows where the ERF is weak. The image is drawn grey and
+    dimmed (:func:`dimmed_grey`) so that the ERF stands out from a textured background.
     """
     values = as_array(erf)
     h, w = values.shape
     extent = (0, w, h, 0)
-    if image is not None:
-        ax.imshow(to_image(image), extent=extent, interpolation="nearest")
+    if image is not None:  # the image as a dimmed grey, so the ERF's colours stand out from any texture
+        ax.imshow(dimmed_grey(to_image(image)), extent=extent, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     scale = max(np.percentile(values, 99.5), 1e-12)  # robust to a few hot pixels
     shown = np.clip(values / scale, 0, 1)
     if image is not None:  # opacity follows the ERF, so the image shows where the ERF is weak
@@ -106,7 +113,7 @@ def draw_kernel_space(ax, scope_kernel, sampled, rigid=None, title=None, cmap: s
     ax.set_ylim(s_h + 0.2, -1.2)
     ax.set_xticks(range(s_w))
     ax.set_yticks(range(s_h))
-    ax.tick_params(labelsize=6)
+    ax.tick_params(labelsize=9)
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=9)
     return ax

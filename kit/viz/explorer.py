@@ -132,10 +132,12 @@ def _render(draw, values: dict) -> tuple[str, int]:
         raise ValueError(f"draw(**values) must return a figure or open exactly one; it opened {len(new)} "
                          "(and must not call plt.show(), which hands the figure to the page)")
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=figure.dpi * DENSITY)
-    width = round(figure.get_figwidth() * figure.dpi)
+    # cropped to what is drawn, titles included, as the inline backend crops a page's figures
+    figure.savefig(buffer, format="png", dpi=figure.dpi * DENSITY, bbox_inches="tight")
     plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode(), width
+    png = buffer.getvalue()
+    width = round(int.from_bytes(png[16:20], "big") / DENSITY)  # the PNG header's pixel width, at layout size
+    return base64.b64encode(png).decode(), width
 
 
 def _static_html(draw, defaults: dict, frame_values: dict) -> str:

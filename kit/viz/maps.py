@@ -27,7 +27,7 @@ def image_axes(ax, width: float, height: float, title: str | None = None) -> Non
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=9)
 
 
 def draw_level_map(ax, values, image_size: int, image=None, box=None, cmap="viridis", vmin=None, vmax=None,

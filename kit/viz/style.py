@@ -14,6 +14,7 @@ import matplotlib as mpl
 # 80 dpi at the inline backend and in saved files; 9-pt text (10 px on screen).
 STYLE = {"figure.dpi": 80, "savefig.dpi": 80, "font.size": 9}
 COLUMN_INCHES = 11.8  # the widest figure that fits the book's column unshrunk, at 80 dpi
+MIN_TEXT_POINTS = 9  # no figure text smaller (9 pt at 80 dpi is 10 px); tests/test_book.py checks the sources
 
 
 def apply() -> None:

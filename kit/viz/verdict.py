@@ -17,9 +17,9 @@ from kit.experiment import curve_of
 from kit.verdicts import signed_differences
 
 
-def _wrapped(name: str, width: int = 14) -> str:
+def _wrapped(name: str, width: int = 8) -> str:
     """An arm name broken over lines so that two tick labels side by side do not overlap."""
-    return "\n".join(textwrap.wrap(str(name), width)) or str(name)
+    return "\n".join(textwrap.wrap(str(name), width, break_long_words=False)) or str(name)
 
 
 def paired_seeds(comparisons: Sequence[Mapping], scale: float = 1.0, unit: str = "", size=(2.9, 2.6)):
@@ -37,26 +37,26 @@ def paired_seeds(comparisons: Sequence[Mapping], scale: float = 1.0, unit: str =
         meth = np.asarray(c["method_values"]) * scale
         for b, m in zip(base, meth):
             ax.plot([0, 1], [b, m], color="tab:gray", lw=1, marker="o", ms=3)
-        ax.set_xticks([0, 1], [_wrapped(c["baseline"]), _wrapped(c["method"])], fontsize=7)
-        ax.set_xlim(-0.3, 2.6)
-        ax.set_ylabel(f"{c['metric']}{f' ({unit})' if unit else ''}", fontsize=8)
+        ax.set_xticks([0, 1], [_wrapped(c["baseline"]), _wrapped(c["method"])], fontsize=9)
+        ax.set_xlim(-0.4, 2.2)
+        ax.set_ylabel(f"{c['metric']}{f' ({unit})' if unit else ''}", fontsize=9)
         twin = ax.twinx()
         diffs = np.asarray(signed_differences(c["direction"], base, meth))
         twin.axhspan(-c["margin"] * scale, c["margin"] * scale, color="tab:green", alpha=0.12, lw=0)
         twin.axhline(0, color="black", lw=0.8)
-        twin.scatter(np.full(len(diffs), 2.0), diffs, s=10, color="tab:blue", zorder=3)
+        twin.scatter(np.full(len(diffs), 1.7), diffs, s=10, color="tab:blue", zorder=3)
         if c["interval_95"] is not None:
             low, high = (v * scale for v in c["interval_95"])
-            twin.errorbar([2.2], [c["difference_mean"] * scale], yerr=[[c["difference_mean"] * scale - low],
+            twin.errorbar([1.9], [c["difference_mean"] * scale], yerr=[[c["difference_mean"] * scale - low],
                                                                      [high - c["difference_mean"] * scale]],
                           fmt="D", color="tab:blue", ms=4, capsize=3)
         span = max(abs(diffs).max(), c["margin"] * scale, *(abs(v * scale) for v in (c["interval_95"] or [0])))
         twin.set_ylim(-1.15 * span - 1e-9, 1.15 * span + 1e-9)
         twin.set_ylabel("method − baseline (blue)" if c["direction"] == "similar"
-                        else "difference, paper's side + (blue)", fontsize=7, color="tab:blue")
-        twin.tick_params(labelsize=7)
-        ax.tick_params(labelsize=7)
-        ax.set_title(f"{textwrap.fill(c['claim'], 38)}\n→ {c['verdict']}", fontsize=8)
+                        else "difference, paper's side + (blue)", fontsize=9, color="tab:blue")
+        twin.tick_params(labelsize=9)
+        ax.tick_params(labelsize=9)
+        ax.set_title(f"{textwrap.fill(c['claim'], 32)}\n→ {c['verdict']}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -80,6 +80,6 @@ def over_training(histories: Mapping[str, Sequence[pd.DataFrame]], column: str, 
     ax.set_xlabel("iteration")
     ax.set_ylabel(ylabel or column)
     ax.set_title(f"{ylabel or column} over training (mean ± std over seeds)", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
