@@ -20,11 +20,17 @@ from kit.det import assigners, atss, autoassign, borderdet, hps, hungarian, tood
 from kit.det.cross_dataset import dataset_aware_atss_loss, dataset_aware_focal_loss
 from kit.det.detector import DenseDetector, DenseOutput
 from kit.det.losses import focal_loss_prob, giou_loss, quality_focal_loss_prob
+from kit.det.optimal_transport import background_cost, dynamic_k, linear_schedule, ot_assign, sinkhorn_log
 from kit.det.priors import point_priors
+from kit.det.roi_heads import FasterRCNNHead
+from kit.det.rpn import region_proposal_network
+from kit.det.two_stage import TwoStageDetector, detect_from_rois, fast_rcnn_loss, sample_rois, two_stage_detector
 from kit.det.validation import check_gt, check_gt_boxes
 from kit.ops.deform_conv import DeformConv2d, deform_conv2d
 from kit.ops.deformable_kernels import DeformableKernel2d, deformable_kernel_conv2d
 from kit.ops.ms_deform_attn import MSDeformAttn
+from kit.det.light_head import LargeSeparableConv, LightHeadHead, RFCNHead
+from kit.ops.ps_roi_align import bin_channel_map, ps_roi_align
 
 NUM_CLASSES = 3
 IMAGE = 64
@@ -156,6 +162,60 @@ def msda_with_flat_reference_points():
     return lambda: attn(torch.randn(1, 3, 16), torch.rand(1, 3, 2), torch.randn(1, 20, 16), shapes)
 
 
+PS_ROIS = torch.tensor([[0, 4.0, 6.0, 30.0, 40.0], [1, 20.0, 20.0, 60.0, 50.0]])
+
+
+def ps_roi_align_with(features=None, boxes=None, output_size=3, **kw):
+    """ps_roi_align on two 18-channel 8x8 maps (C = 2, 3x3 bins) with one bad piece swapped in."""
+    features = torch.randn(2, 18, 8, 8) if features is None else features
+    return lambda: ps_roi_align(features, PS_ROIS if boxes is None else boxes, output_size, **kw)
+
+
+def rois_with(column, value):
+    rois = PS_ROIS.clone()
+    rois[0, column] = value
+    return rois
+
+
+def two_stage(**detector_options):
+    """A tiny two-stage detector (C4 of 16 channels, 2fc of 16) for 64 px images."""
+    return two_stage_detector(FasterRCNNHead, NUM_CLASSES, seed=0, widths=(8, 8, 16, 16), fc_channels=16,
+                              detector_options=detector_options or None)
+
+
+def two_stage_loss(gt):
+    return lambda: two_stage().loss(torch.rand(2, 3, IMAGE, IMAGE), *gt)
+
+
+def roi_outputs(rois: int = 5, logit_columns: int = NUM_CLASSES + 1, delta_columns: int = 4 * NUM_CLASSES):
+    """Head outputs for ``rois`` RoIs: zero logits (R, ``logit_columns``), zero deltas (R, ``delta_columns``)."""
+    return torch.zeros(rois, logit_columns), torch.zeros(rois, delta_columns)
+
+
+def detect_with(rois=5, **options):
+    return lambda: detect_from_rois(*roi_outputs(), [torch.tensor([[4.0, 6.0, 30.0, 40.0]] * rois)], (IMAGE, IMAGE),
+                                    **options)
+
+
+def rpn_with(**options):
+    return lambda: region_proposal_network(16, **options)
+
+
+def sinkhorn_with(cost=None, supply=None, demand=None, epsilon=0.1, num_iters=10):
+    """sinkhorn_log on a valid (2, 3) problem, with one argument replaced."""
+    cost = torch.rand(2, 3) if cost is None else cost
+    supply = torch.tensor([1.0, 2.0]) if supply is None else supply
+    demand = torch.ones(3) if demand is None else demand
+    return lambda: sinkhorn_log(cost, supply, demand, epsilon, num_iters)
+
+
+def ot_assign_with(**changes):
+    """ot_assign on a valid problem (5 queries, 2 objects), with some arguments replaced."""
+    kwargs = {"cost_fg": torch.rand(5, 2), "ious": 0.3 * torch.rand(5, 2), "cost_bg": torch.rand(5)}
+    kwargs.update(changes)
+    return lambda: ot_assign(**kwargs)
+
+
 BAD = [
     # id, call, exception type, phrase of the message
     # -- item 1: ground truth that cannot be right, in every assigner
@@ -269,6 +329,132 @@ BAD = [
      ValueError, r"in_channels=16"),
     ("msda-reference-points-without-levels", msda_with_flat_reference_points(), ValueError,
      r"reference_points must be \(N, Lq, L, 2 or 4\) = \(1, 3, 2, 2\|4\).*got \(1, 3, 2\)"),
+    # -- PSRoIAlign (kit.ops.ps_roi_align)
+    ("psroi-3d-features", ps_roi_align_with(features=torch.randn(18, 8, 8)), ValueError,
+     r"features must be \(N, C \* ph \* pw, H, W\).*got \(18, 8, 8\)"),
+    ("psroi-channels-not-multiple", ps_roi_align_with(features=torch.randn(2, 16, 8, 8)), ValueError,
+     r"positive multiple of ph \* pw = 9, got \(2, 16, 8, 8\)"),
+    ("psroi-empty-map", ps_roi_align_with(features=torch.randn(2, 18, 0, 8)), ValueError, r"non-empty map"),
+    ("psroi-integer-features", ps_roi_align_with(features=torch.zeros(2, 18, 8, 8, dtype=torch.long)), TypeError,
+     r"features must be floating point, got torch.int64"),
+    ("psroi-nan-features", ps_roi_align_with(features=torch.full((2, 18, 8, 8), float("nan"))), ValueError,
+     r"features contain NaN or inf"),
+    ("psroi-boxes-without-batch-index", ps_roi_align_with(boxes=PS_ROIS[:, 1:]), ValueError,
+     r"boxes must be \(K, 5\) as \[batch_index, x1, y1, x2, y2\].*got \(2, 4\)"),
+    ("psroi-boxes-not-a-tensor", ps_roi_align_with(boxes=PS_ROIS.numpy()), TypeError, r"got ndarray"),
+    ("psroi-integer-boxes", ps_roi_align_with(boxes=PS_ROIS.long()), TypeError, r"boxes must be floating point"),
+    ("psroi-list-fewer-images", ps_roi_align_with(boxes=[PS_ROIS[:1, 1:]]), ValueError,
+     r"boxes has 1 tensors for a batch of 2 images"),
+    ("psroi-list-rois-with-index", ps_roi_align_with(boxes=[PS_ROIS, PS_ROIS]), ValueError,
+     r"boxes\[0\] must be a \(Ki, 4\) tensor.*got \(2, 5\)"),
+    ("psroi-fractional-batch-index", ps_roi_align_with(boxes=rois_with(0, 0.5)), ValueError, r"integral batch indices"),
+    ("psroi-batch-index-out-of-range", ps_roi_align_with(boxes=rois_with(0, 2)), ValueError,
+     r"batch indices in \[0, 1\], got values in \[1, 2\]"),
+    ("psroi-nan-box", ps_roi_align_with(boxes=rois_with(1, float("nan"))), ValueError, r"boxes contain NaN or inf"),
+    ("psroi-inverted-box", ps_roi_align_with(boxes=rois_with(3, 1.0)), ValueError, r"x2 >= x1 and y2 >= y1"),
+    ("psroi-output-size-0", ps_roi_align_with(output_size=0), ValueError, r"output_size must be an int >= 1"),
+    ("psroi-output-size-triple", ps_roi_align_with(output_size=(3, 3, 1)), ValueError, r"or a pair \(ph, pw\)"),
+    ("psroi-spatial-scale-0", ps_roi_align_with(spatial_scale=0.0), ValueError, r"spatial_scale must be a finite number > 0"),
+    ("psroi-spatial-scale-nan", ps_roi_align_with(spatial_scale=float("nan")), ValueError, r"finite number > 0"),
+    ("psroi-float-sampling-ratio", ps_roi_align_with(sampling_ratio=2.0), ValueError, r"sampling_ratio must be an int"),
+    ("psroi-map-channels-not-multiple", lambda: bin_channel_map(7, 7, 480), ValueError,
+     r"num_channels must be a positive multiple of ph \* pw = 49"),
+    # -- the two-stage detector (kit.det.rpn, kit.det.two_stage, kit.det.roi_heads)
+    ("two-stage-uint8-images", lambda: two_stage()(torch.zeros(1, 3, IMAGE, IMAGE, dtype=torch.uint8)), TypeError,
+     r"images must be torch.float32 .*images.float\(\) / 255"),
+    ("two-stage-gray-images", lambda: two_stage()(torch.zeros(1, 1, IMAGE, IMAGE)), ValueError,
+     r"images must be \(B, 3, H, W\), got \(1, 1, 64, 64\)"),
+    ("two-stage-loss-inverted-gt", two_stage_loss(gt_with(INVERTED)), ValueError,
+     r"gt_boxes\[1\] has 1 boxes with x2 < x1 or y2 < y1"),
+    ("two-stage-loss-nan-gt", two_stage_loss(gt_with(NAN)), ValueError, r"gt_boxes\[1\] has 1 boxes with non-finite"),
+    ("two-stage-loss-float64-gt", two_stage_loss(gt_with([4.0, 6.0, 30.0, 40.0], dtype=torch.float64)), TypeError,
+     r"gt_boxes\[1\] has dtype torch.float64; expected torch.float32"),
+    ("two-stage-loss-label-out-of-range", two_stage_loss((good_gt()[0], [torch.tensor([0, 2]), torch.tensor([0, 3])])),
+     ValueError, r"gt_labels\[1\] must lie in \[0, 3\)"),
+    ("two-stage-loss-fewer-lists", two_stage_loss(good_gt(1)), ValueError, r"gt_boxes has 1 lists for a batch of 2 images"),
+    ("two-stage-head-channels", lambda: TwoStageDetector(two_stage().backbone, region_proposal_network(16),
+                                                         FasterRCNNHead(NUM_CLASSES, 32)), ValueError,
+     r"head takes 32 input channels but the backbone gives 16; build the head with in_channels=16"),
+    ("two-stage-not-an-rpn", lambda: TwoStageDetector(two_stage().backbone, torch.nn.Identity(), FasterRCNNHead(3, 16)),
+     TypeError, r"the rpn must be a kit.det.rpn.RPN, got Identity"),
+    ("two-stage-not-a-roi-head", lambda: TwoStageDetector(two_stage().backbone, region_proposal_network(16),
+                                                          torch.nn.Identity()), TypeError,
+     r"the roi_head must be a kit.det.roi_heads.RoIHead, got Identity"),
+    ("two-stage-num-rois-0", lambda: two_stage(num_rois=0), ValueError, r"num_rois must be an int >= 1, got 0"),
+    ("two-stage-positive-fraction-0", lambda: two_stage(positive_fraction=0.0), ValueError,
+     r"positive_fraction and iou_threshold must be in \(0, 1\]"),
+    ("roi-head-0-classes", lambda: FasterRCNNHead(0, 16), ValueError, r"num_classes must be an int >= 1, got 0"),
+    ("sample-rois-proposals-5-columns", lambda: sample_rois([torch.zeros(3, 5)], *good_gt(1)), ValueError,
+     r"proposals\[0\] must have shape \(\*, 4\), got \(3, 5\)"),
+    ("sample-rois-inverted-gt", lambda: sample_rois([torch.zeros(3, 4)] * 2, *gt_with(INVERTED)), ValueError,
+     r"gt_boxes\[1\] has 1 boxes with x2 < x1"),
+    ("fast-rcnn-loss-delta-columns", lambda: fast_rcnn_loss(*roi_outputs(delta_columns=8), torch.zeros(5, dtype=torch.long),
+                                                           torch.zeros(5, 4)), ValueError,
+     r"box_deltas must be \(R, 4 \* C\) = \(5, 12\) or \(R, 4\) class-agnostic, got \(5, 8\)"),
+    ("fast-rcnn-loss-label-out-of-range", lambda: fast_rcnn_loss(*roi_outputs(), torch.full((5,), 4), torch.zeros(5, 4)),
+     ValueError, r"labels must lie in \[0, 3\] \(0 background\)"),
+    ("fast-rcnn-loss-no-background-column", lambda: fast_rcnn_loss(*roi_outputs(logit_columns=1, delta_columns=4),
+                                                                  torch.zeros(5, dtype=torch.long), torch.zeros(5, 4)),
+     ValueError, r"C \+ 1 >= 2 columns \(column 0 background\)"),
+    ("detect-rois-count-mismatch", detect_with(rois=4), ValueError, r"class_logits must have shape \(4, \*\), got \(5, 4\)"),
+    ("detect-score-threshold-1", detect_with(score_threshold=1.0), ValueError, r"score_threshold must be in \[0, 1\)"),
+    ("detect-nms-threshold-0", detect_with(nms_iou_threshold=0.0), ValueError, r"nms_iou_threshold must be in \(0, 1\]"),
+    ("detect-max-per-image-float", detect_with(max_per_image=10.0), ValueError, r"max_per_image must be an int >= 1"),
+    ("rpn-features-3d", lambda: region_proposal_network(16)(torch.zeros(2, 3, IMAGE, IMAGE), torch.zeros(2, 16, 4)),
+     ValueError, r"features must be one map \(B, F, h, w\) with B = 2 images, got \(2, 16, 4\)"),
+    ("rpn-no-anchor-sizes", rpn_with(anchor_sizes=()), ValueError, r"anchor_sizes must be a non-empty sequence"),
+    ("rpn-negative-aspect-ratio", rpn_with(aspect_ratios=(1.0, -2.0)), ValueError, r"aspect_ratios must be .*positive"),
+    ("rpn-pre-nms-topk-0", rpn_with(pre_nms_topk_test=0), ValueError, r"pre_nms_topk_test must be an int >= 1, got 0"),
+    ("rpn-thresholds-swapped", rpn_with(pos_iou_threshold=0.3, neg_iou_threshold=0.7), ValueError,
+     r"need 0 <= neg_iou_threshold <= pos_iou_threshold <= 1"),
+    ("rpn-positive-fraction-0", rpn_with(positive_fraction=0.0), ValueError, r"positive_fraction must be in \(0, 1\]"),
+    # -- optimal transport (OTA / Dynamic Sparse R-CNN): Sinkhorn and the assignment
+    ("sinkhorn-nan-cost", sinkhorn_with(cost=torch.tensor([[0.0, float("nan"), 1.0], [1.0, 1.0, 1.0]])),
+     ValueError, r"cost has 1 non-finite values"),
+    ("sinkhorn-inf-cost", sinkhorn_with(cost=torch.tensor([[0.0, float("inf"), 1.0], [1.0, 1.0, 1.0]])),
+     ValueError, r"use a large finite cost"),
+    ("sinkhorn-negative-supply", sinkhorn_with(supply=torch.tensor([-1.0, 4.0])), ValueError, r"supply must be >= 0"),
+    ("sinkhorn-nan-demand", sinkhorn_with(demand=torch.tensor([1.0, float("nan"), 1.0])), ValueError,
+     r"demand has 1 non-finite"),
+    ("sinkhorn-unequal-totals", sinkhorn_with(supply=torch.tensor([1.0, 3.0])), ValueError,
+     r"total supply 4 != total demand 3"),
+    ("sinkhorn-supply-shape", sinkhorn_with(supply=torch.ones(3)), ValueError, r"supply must have shape \(2\), got \(3,\)"),
+    ("sinkhorn-cost-1d", sinkhorn_with(cost=torch.rand(6)), ValueError, r"cost must have shape \(\*, \*\)"),
+    ("sinkhorn-integer-cost", sinkhorn_with(cost=torch.ones(2, 3, dtype=torch.long)), TypeError,
+     r"cost must be a floating-point tensor"),
+    ("sinkhorn-float64-supply", sinkhorn_with(supply=torch.tensor([1.0, 2.0], dtype=torch.float64)), TypeError,
+     r"supply has dtype torch.float64; expected torch.float32, the cost's dtype"),
+    ("sinkhorn-zero-epsilon", sinkhorn_with(epsilon=0.0), ValueError, r"epsilon must be a finite number > 0"),
+    ("sinkhorn-zero-iters", sinkhorn_with(num_iters=0), ValueError, r"num_iters must be an int >= 1"),
+    ("ot-assign-ious-above-1", ot_assign_with(ious=torch.full((5, 2), 1.5)), ValueError,
+     r"ious must be IoUs, finite in \[0, 1\]"),
+    ("ot-assign-nan-ious", ot_assign_with(ious=torch.full((5, 2), float("nan"))), ValueError, r"and NaN"),
+    ("ot-assign-ious-shape", ot_assign_with(ious=torch.rand(5, 3)), ValueError, r"ious must have shape \(5, 2\)"),
+    ("ot-assign-cost-bg-shape", ot_assign_with(cost_bg=torch.rand(4)), ValueError, r"cost_bg must have shape \(5\)"),
+    ("ot-assign-nan-cost", ot_assign_with(cost_fg=torch.tensor([[float("nan"), 0.0]] + [[0.0, 0.0]] * 4)),
+     ValueError, r"cost_fg has 1 non-finite"),
+    ("ot-assign-float64-ious", ot_assign_with(ious=torch.rand(5, 2, dtype=torch.float64)), TypeError,
+     r"ious has dtype torch.float64; expected torch.float32"),
+    ("ot-assign-supply-above-queries", ot_assign_with(supply=3), ValueError,
+     r"the 2 objects supply 6 units but there are only 5 queries"),
+    ("ot-assign-zero-supply", ot_assign_with(supply=torch.tensor([1.0, 0.0])), ValueError,
+     r"supply must be finite and > 0 for every object"),
+    ("ot-assign-supply-shape", ot_assign_with(supply=torch.ones(3)), ValueError,
+     r"supply must be a number or an \(M,\) = \(2,\) tensor"),
+    ("ot-assign-zero-iou-topk", ot_assign_with(iou_topk=0), ValueError, r"iou_topk must be an int >= 1"),
+    ("dynamic-k-float-iou-topk", lambda: dynamic_k(torch.rand(5, 2), 2.5), ValueError, r"iou_topk must be an int >= 1"),
+    ("linear-schedule-no-stages", lambda: linear_schedule(1.0, 3.0, 0), ValueError, r"num_stages must be an int >= 1"),
+    ("background-cost-1d-logits", lambda: background_cost(torch.rand(5)), ValueError, r"logits must have shape \(\*, \*\)"),
+    # -- Light-Head R-CNN and R-FCN heads (kit.det.light_head)
+    ("large-separable-even-kernel", lambda: LargeSeparableConv(8, 8, kernel_size=14), ValueError,
+     r"kernel_size must be odd \(so the map keeps its size\), got 14"),
+    ("large-separable-zero-mid", lambda: LargeSeparableConv(8, 8, mid_channels=0), ValueError,
+     r"mid_channels must be an int >= 1, got 0"),
+    ("light-head-alpha-0", lambda: LightHeadHead(3, 16, alpha=0), ValueError, r"alpha must be an int >= 1, got 0"),
+    ("light-head-float-pooled-size", lambda: LightHeadHead(3, 16, pooled_size=7.0), ValueError,
+     r"pooled_size must be an int >= 1, got 7.0"),
+    ("rfcn-zero-hidden", lambda: RFCNHead(3, 16, hidden_channels=0), ValueError, r"hidden_channels must be an int >= 1"),
+    ("rfcn-zero-classes", lambda: RFCNHead(0, 16), ValueError, r"num_classes must be an int >= 1, got 0"),
 ]
 
 

@@ -27,4 +27,12 @@ Set detectors
 - ``set_detector`` — what set detectors share at test time (top-k over query-class pairs, no NMS).
 - ``detr`` — a small DETR.
 - ``deformable_detr`` — a small Deformable DETR.
+- ``optimal_transport`` — log-domain Sinkhorn and OTA-style label assignment (dynamic k, background supply).
+
+Two-stage detectors
+
+- ``rpn`` — the region proposal network on one stride-16 map (torchvision's RPN).
+- ``two_stage`` — ``TwoStageDetector``: RoI sampling, the Fast R-CNN loss and inference around a ``RoIHead``.
+- ``roi_heads`` — the ``RoIHead`` contract and the heavy Faster R-CNN head.
+- ``light_head`` — Light-Head R-CNN's thin map and large separable conv; the R-FCN head.
 """
