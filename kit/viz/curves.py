@@ -32,12 +32,14 @@ def _line_styles(names: list) -> tuple[dict, list]:
 def training_curves(histories: dict, keys=("loss",), smooth: int = 20, size=(4.2, 3.0), vlines: dict | None = None):
     """One panel per key; one line per run (name -> DataFrame), smoothed by a rolling mean.
 
-    A name may be an ``(arm, seed)`` pair: then colour marks the arm and line style the seed.
+    A name may be an ``(arm, seed)`` pair: then colour marks the arm and line style the seed. The
+    legend sits under the panels, one for the figure.
     ``vlines`` marks steps (label -> step), e.g. the end of a warm-up.
     """
     keys = list(keys)
     look, handles = _line_styles(list(histories))
-    fig, axes = plt.subplots(1, len(keys), figsize=(size[0] * len(keys), size[1]), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(size[0] * len(keys), size[1]), squeeze=False,
+                             layout="constrained")
     for ax, key in zip(axes[0], keys):
         for name, history in histories.items():
             if key not in history:
@@ -51,6 +53,6 @@ def training_curves(histories: dict, keys=("loss",), smooth: int = 20, size=(4.2
             ax.text(step, ax.get_ylim()[1], f" {label}", fontsize=9, va="top", color="gray")
         ax.set_xlabel("iteration")
         ax.set_title(f"{key} (rolling mean of {smooth})", fontsize=9)
-        ax.legend(handles=handles, fontsize=9)
-    fig.tight_layout()
+    # one legend under the panels, never over a curve
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
     return fig

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import matplotlib as mpl
 
-# 80 dpi at the inline backend and in saved files; 9-pt text (10 px on screen).
-STYLE = {"figure.dpi": 80, "savefig.dpi": 80, "font.size": 9}
+# 80 dpi at the inline backend and in saved files; 9-pt text (10 px on screen), titles and legends included
+# (matplotlib's default titles are 'large', so a title set without a size would stand out from the rest).
+STYLE = {"figure.dpi": 80, "savefig.dpi": 80, "font.size": 9, "axes.titlesize": 9, "legend.fontsize": 9}
 COLUMN_INCHES = 11.8  # the widest figure that fits the book's column unshrunk, at 80 dpi
 MIN_TEXT_POINTS = 9  # no figure text smaller (9 pt at 80 dpi is 10 px); tests/test_book.py checks the sources
 

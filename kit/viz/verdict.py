@@ -18,8 +18,23 @@ from kit.verdicts import signed_differences
 
 
 def _wrapped(name: str, width: int = 8) -> str:
-    """An arm name broken over lines so that two tick labels side by side do not overlap."""
+    """An arm name broken over lines of about ``width`` characters (a word longer than that stays whole)."""
     return "\n".join(textwrap.wrap(str(name), width, break_long_words=False)) or str(name)
+
+
+def _label_arms(ax, baseline: str, method: str, width: int = 8, fontsize: float = 9) -> None:
+    """The two arms' names under x = 0 and 1; when their widest lines together would not fit side by
+    side, the method's name is dropped below the baseline's, so the two never overlap.
+
+    Drawn as annotations (gid ``arm-label``) rather than tick labels, whose positions matplotlib resets.
+    """
+    left, right = _wrapped(baseline, width), _wrapped(method, width)
+    ax.set_xticks([0, 1], ["", ""])
+    widest = [max(len(line) for line in label.splitlines()) for label in (left, right)]
+    drop = 1.4 * fontsize * (left.count("\n") + 1) if sum(widest) > 2 * width else 0.0
+    for x, text, below in ((0, left, 0.0), (1, right, drop)):
+        ax.annotate(text, xy=(x, 0), xycoords=("data", "axes fraction"), xytext=(0, -5 - below),
+                    textcoords="offset points", ha="center", va="top", fontsize=fontsize, gid="arm-label")
 
 
 def paired_seeds(comparisons: Sequence[Mapping], scale: float = 1.0, unit: str = "", size=(2.9, 2.6)):
@@ -37,7 +52,7 @@ def paired_seeds(comparisons: Sequence[Mapping], scale: float = 1.0, unit: str =
         meth = np.asarray(c["method_values"]) * scale
         for b, m in zip(base, meth):
             ax.plot([0, 1], [b, m], color="tab:gray", lw=1, marker="o", ms=3)
-        ax.set_xticks([0, 1], [_wrapped(c["baseline"]), _wrapped(c["method"])], fontsize=9)
+        _label_arms(ax, c["baseline"], c["method"])
         ax.set_xlim(-0.4, 2.2)
         ax.set_ylabel(f"{c['metric']}{f' ({unit})' if unit else ''}", fontsize=9)
         twin = ax.twinx()
