@@ -283,9 +283,13 @@ class TwoStageDetector(nn.Module):
 def two_stage_detector(head_class: type, num_classes: int, *, seed: int | None = None,
                        widths=(16, 32, 64, 128), anchor_sizes=ANCHOR_SIZES, aspect_ratios=ASPECT_RATIOS,
                        rpn_options: dict | None = None, detector_options: dict | None = None, device=None,
-                       **head_options) -> TwoStageDetector:
+                       backbone: nn.Module | None = None, **head_options) -> TwoStageDetector:
     """The chapter's two-stage detector: ``head_class(num_classes=..., in_channels=widths[2],
     **head_options)`` on :class:`TinyResNetC4` and an RPN of ``anchor_sizes`` x ``aspect_ratios``.
+
+    ``backbone``, a module mapping images to one map with an ``out_channels`` attribute, replaces
+    :class:`TinyResNetC4` (``widths`` is then unused; DetNet's page passes its own); it is built
+    by the caller, before the seed is set here, so build it from a seeded generator or seed first.
 
     ``seed`` seeds everything first (:func:`kit.runtime.seed_everything`); the backbone, the RPN
     and the head are then built in that order. ``rpn_options`` go to
@@ -294,7 +298,11 @@ def two_stage_detector(head_class: type, num_classes: int, *, seed: int | None =
     """
     if seed is not None:
         seed_everything(seed)
-    backbone = TinyResNetC4(widths)
+    if backbone is None:
+        backbone = TinyResNetC4(widths)
+    elif not isinstance(getattr(backbone, "out_channels", None), int):
+        raise ValueError(f"the backbone must have an int out_channels (its map's channels), got "
+                         f"{getattr(backbone, 'out_channels', None)!r} on {type(backbone).__name__}")
     rpn = region_proposal_network(backbone.out_channels, anchor_sizes, aspect_ratios, **(rpn_options or {}))
     head = head_class(num_classes=num_classes, in_channels=backbone.out_channels, **head_options)
     return TwoStageDetector(backbone, rpn, head, **(detector_options or {})).to(device)
