@@ -22,7 +22,7 @@ from kit.det.detector import DenseDetector, DenseOutput
 from kit.det.losses import focal_loss_prob, giou_loss, quality_focal_loss_prob
 from kit.det.optimal_transport import background_cost, dynamic_k, linear_schedule, ot_assign, sinkhorn_log
 from kit.det.priors import point_priors
-from kit.det.roi_heads import FasterRCNNHead
+from kit.det.roi_heads import FasterRCNNHead, head_flops
 from kit.det.rpn import region_proposal_network
 from kit.det.two_stage import TwoStageDetector, detect_from_rois, fast_rcnn_loss, sample_rois, two_stage_detector
 from kit.det.validation import check_gt, check_gt_boxes
@@ -455,6 +455,10 @@ BAD = [
      r"pooled_size must be an int >= 1, got 7.0"),
     ("rfcn-zero-hidden", lambda: RFCNHead(3, 16, hidden_channels=0), ValueError, r"hidden_channels must be an int >= 1"),
     ("rfcn-zero-classes", lambda: RFCNHead(0, 16), ValueError, r"num_classes must be an int >= 1, got 0"),
+    ("head-flops-zero-rois", lambda: head_flops(RFCNHead(3, 16), torch.rand(1, 16, 4, 4), 0, (64, 64)), ValueError,
+     r"num_rois must be an int >= 1, got 0"),
+    ("head-flops-3d-features", lambda: head_flops(RFCNHead(3, 16), torch.rand(16, 4, 4), 5, (64, 64)), ValueError,
+     r"features must be \(B, C, h, w\), got \(16, 4, 4\)"),
 ]
 
 

@@ -11,6 +11,7 @@ import torch
 
 from kit.data.shapes import ShapeSceneConfig, generate
 from kit.det.light_head import LargeSeparableConv, LightHeadHead, RFCNHead
+from kit.det.roi_heads import FasterRCNNHead, head_flops
 from kit.det.two_stage import two_stage_detector
 from kit.ops.ps_roi_align import ps_roi_align as kit_ps_roi_align
 
@@ -103,3 +104,17 @@ def test_each_head_trains_in_the_two_stage_detector(head_class, options):
     with torch.no_grad():
         detections = model(images)
     assert len(detections) == 2 and set(detections[0]) >= {"boxes", "scores", "labels"}
+
+
+def test_head_flops_split_per_map_and_per_roi_as_the_layers_say():
+    features = torch.randn(2, 32, 6, 6)
+    heavy = FasterRCNNHead(num_classes=5, in_channels=32, fc_channels=64).eval()
+    cost = head_flops(heavy, features, 10, (96, 96))
+    fc_macs = 32 * 49 * 64 + 64 * 64 + 64 * 6 + 64 * 20  # two fcs, classifier, regressor (4 per class)
+    assert cost["per_map"] == 0 and cost["per_roi"] == 2 * fc_macs and cost["total"] == 2 * 10 * 2 * fc_macs
+    voting = head_flops(RFCNHead(num_classes=5, in_channels=32).eval(), features, 10, (96, 96))
+    assert voting["per_roi"] == 0 and voting["per_map"] == 2 * 36 * 32 * (6 + 4) * 49 * 2  # two 1x1 convs
+    few, many = (head_flops(LightHeadHead(num_classes=c, in_channels=32, fc_channels=64).eval(), features, 10, (96, 96))
+                 for c in (5, 50))
+    assert few["per_map"] == many["per_map"]  # the thin map does not know the classes
+    assert many["per_roi"] - few["per_roi"] == 2 * 64 * (45 + 4 * 45)  # only the predictors grow

@@ -25,15 +25,43 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import roi_align
 
-__all__ = ["RoIHead", "FasterRCNNHead", "feature_stride"]
+__all__ = ["RoIHead", "FasterRCNNHead", "feature_stride", "head_flops"]
 
 
 def feature_stride(features: torch.Tensor, image_size: tuple[int, int]) -> int:
     """The map's stride, ``image width / map width`` rounded to a power of two (torchvision's
     ``MultiScaleRoIAlign`` infers its scales so): 16 for a 100 px image's 7-cell C4 as for 128 px."""
     return 2 ** round(math.log2(image_size[-1] / features.shape[-1]))
+
+
+def head_flops(head: nn.Module, features: torch.Tensor, num_rois: int, image_size: tuple[int, int]) -> dict:
+    """FLOPs of one forward of a head, split into the part paid once per map and the part per RoI.
+
+    features (B, in_channels, h, w); ``num_rois`` boxes per image, each the whole image (the
+    count, not where the boxes are, sets the cost). Counted by
+    :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products; the
+    pooling itself is not counted): ``per_map`` is the forward with no RoI at all (R-FCN's
+    score maps, Light-Head's thin map), ``per_roi`` the rest divided by ``B * num_rois``.
+    Returns ``{"per_map", "per_roi", "total"}`` in FLOPs (a multiply-add counts 2).
+    """
+    if isinstance(num_rois, bool) or not isinstance(num_rois, int) or num_rois < 1:
+        raise ValueError(f"num_rois must be an int >= 1, got {num_rois!r}")
+    if features.dim() != 4:
+        raise ValueError(f"features must be (B, C, h, w), got {tuple(features.shape)}")
+    height, width = image_size
+    whole = features.new_tensor([[0.0, 0.0, float(width), float(height)]])  # (1, 4) xyxy px
+
+    def count(rois_per_image: int) -> int:
+        proposals = [whole.expand(rois_per_image, 4) for _ in range(features.shape[0])]
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            head(features, proposals, image_size)
+        return counter.get_total_flops()
+
+    per_map, total = count(0), count(num_rois)
+    return {"per_map": per_map, "per_roi": (total - per_map) / (features.shape[0] * num_rois), "total": total}
 
 
 class RoIHead(nn.Module):
