@@ -35,6 +35,7 @@ are 0..C-1 outside this module, as the COCO evaluator's category ids): torchvisi
 (mmdetection puts background last). Class-specific deltas have 4 columns per class and none for
 background (torchvision reserves a background slot it never trains). BoxCoder and the sampler
 come from ``torchvision.models.detection._utils``, the one module that defines them.
+Long because the sampling, the loss and the decoding share one detector's options and conventions.
 """
 from __future__ import annotations
 
@@ -287,10 +288,8 @@ def two_stage_detector(head_class: type, num_classes: int, *, seed: int | None =
     """The chapter's two-stage detector: ``head_class(num_classes=..., in_channels=widths[2],
     **head_options)`` on :class:`TinyResNetC4` and an RPN of ``anchor_sizes`` x ``aspect_ratios``.
 
-    ``backbone``, a module mapping images to one map with an ``out_channels`` attribute, replaces
-    :class:`TinyResNetC4` (``widths`` is then unused; DetNet's page passes its own); it is built
-    by the caller, before the seed is set here, so build it from a seeded generator or seed first.
-
+    ``backbone`` (images -> one map, with an int ``out_channels``) replaces :class:`TinyResNetC4`
+    and ``widths``; the caller builds it, so seeds it (DetNet's page passes its own).
     ``seed`` seeds everything first (:func:`kit.runtime.seed_everything`); the backbone, the RPN
     and the head are then built in that order. ``rpn_options`` go to
     :func:`kit.det.rpn.region_proposal_network` (proposal counts, thresholds),
@@ -301,8 +300,7 @@ def two_stage_detector(head_class: type, num_classes: int, *, seed: int | None =
     if backbone is None:
         backbone = TinyResNetC4(widths)
     elif not isinstance(getattr(backbone, "out_channels", None), int):
-        raise ValueError(f"the backbone must have an int out_channels (its map's channels), got "
-                         f"{getattr(backbone, 'out_channels', None)!r} on {type(backbone).__name__}")
+        raise ValueError(f"the backbone must have an int out_channels (its map's channels), got {backbone!r:.60}")
     rpn = region_proposal_network(backbone.out_channels, anchor_sizes, aspect_ratios, **(rpn_options or {}))
     head = head_class(num_classes=num_classes, in_channels=backbone.out_channels, **head_options)
     return TwoStageDetector(backbone, rpn, head, **(detector_options or {})).to(device)
