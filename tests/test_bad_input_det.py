@@ -455,6 +455,8 @@ BAD = [
      r"pooled_size must be an int >= 1, got 7.0"),
     ("rfcn-zero-hidden", lambda: RFCNHead(3, 16, hidden_channels=0), ValueError, r"hidden_channels must be an int >= 1"),
     ("rfcn-zero-classes", lambda: RFCNHead(0, 16), ValueError, r"num_classes must be an int >= 1, got 0"),
+    ("two-stage-backbone-without-out-channels", lambda: two_stage_detector(FasterRCNNHead, 3, backbone=torch.nn.Identity()),
+     ValueError, r"the backbone must have an int out_channels \(its map's channels\), got Identity\(\)"),
     ("head-flops-zero-rois", lambda: head_flops(RFCNHead(3, 16), torch.rand(1, 16, 4, 4), 0, (64, 64)), ValueError,
      r"num_rois must be an int >= 1, got 0"),
     ("head-flops-3d-features", lambda: head_flops(RFCNHead(3, 16), torch.rand(16, 4, 4), 5, (64, 64)), ValueError,
