@@ -30,6 +30,7 @@ from kit.ops.deform_conv import DeformConv2d, deform_conv2d
 from kit.ops.deformable_kernels import DeformableKernel2d, deformable_kernel_conv2d
 from kit.ops.ms_deform_attn import MSDeformAttn
 from kit.det.light_head import LargeSeparableConv, LightHeadHead, RFCNHead
+from kit.nn.detnet import DetNetBottleneck, TinyDetNet, stage_flops, tiny_detnet
 from kit.ops.ps_roi_align import bin_channel_map, ps_roi_align
 
 NUM_CLASSES = 3
@@ -408,6 +409,24 @@ BAD = [
     ("rpn-thresholds-swapped", rpn_with(pos_iou_threshold=0.3, neg_iou_threshold=0.7), ValueError,
      r"need 0 <= neg_iou_threshold <= pos_iou_threshold <= 1"),
     ("rpn-positive-fraction-0", rpn_with(positive_fraction=0.0), ValueError, r"positive_fraction must be in \(0, 1\]"),
+    # -- DetNet's backbone (kit.nn.detnet)
+    ("detnet-identity-shortcut-channels", lambda: DetNetBottleneck(16, 32), ValueError,
+     r"an identity shortcut \(type A\) needs in_channels == out_channels and stride 1, got 16 -> 32"),
+    ("detnet-identity-shortcut-stride", lambda: DetNetBottleneck(16, 16, stride=2), ValueError,
+     r"type A\) needs .* stride 2; use projection=True"),
+    ("detnet-dilation-0", lambda: DetNetBottleneck(16, 16, dilation=0), ValueError, r"dilation must be an int >= 1, got 0"),
+    ("detnet-stride-3", lambda: DetNetBottleneck(16, 16, stride=3, projection=True), ValueError,
+     r"stride must be 1 or 2, got 3"),
+    ("detnet-two-widths", lambda: TinyDetNet(widths=(16, 32)), ValueError, r"widths are the channels of stages 2-4"),
+    ("detnet-three-stage-strides", lambda: TinyDetNet(stage_strides=(1, 1, 1)), ValueError,
+     r"stage_strides must have two entries \(stages 5 and 6\)"),
+    ("detnet-blocks-0", lambda: tiny_detnet(blocks=(0, 2)), ValueError, r"blocks must be an int >= 1, got 0"),
+    ("detnet-gray-images", lambda: tiny_detnet()(torch.zeros(1, 1, IMAGE, IMAGE)), ValueError,
+     r"images must be \(B, 3, H, W\), got \(1, 1, 64, 64\)"),
+    ("detnet-set-dilation-three", lambda: tiny_detnet().set_dilation((1, 2, 2)), ValueError,
+     r"dilation must be an int or two ints"),
+    ("detnet-flops-not-detnet", lambda: stage_flops(torch.nn.Identity(), IMAGE), TypeError,
+     r"backbone must be a TinyDetNet, got Identity"),
     # -- optimal transport (OTA / Dynamic Sparse R-CNN): Sinkhorn and the assignment
     ("sinkhorn-nan-cost", sinkhorn_with(cost=torch.tensor([[0.0, float("nan"), 1.0], [1.0, 1.0, 1.0]])),
      ValueError, r"cost has 1 non-finite values"),

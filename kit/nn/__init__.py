@@ -8,6 +8,8 @@
   (rigid, DCNv1/v2, Deformable Kernels) that classifies the object at given points.
 - :mod:`kit.nn.sparse_resnet` — ``SparseSegNet``: stochastic sparse sampling and interpolation in
   residual bottlenecks, with its FLOP report.
+- :mod:`kit.nn.detnet` — ``TinyDetNet``: DetNet's stride-16 extra stages of dilated bottlenecks (types A
+  and B), and the ResNet-style baseline whose stages 5 and 6 downsample, at matched FLOPs.
 - :mod:`kit.nn.receptive_field` — ``ReceptiveField`` / ``receptive_field``: the theoretical RF of a
   chain of layers and where its units sit in the image.
 """
