@@ -32,6 +32,8 @@ from kit.ops.ms_deform_attn import MSDeformAttn
 from kit.det.light_head import LargeSeparableConv, LightHeadHead, RFCNHead
 from kit.nn.detnet import DetNetBottleneck, TinyDetNet, stage_flops, tiny_detnet
 from kit.ops.ps_roi_align import bin_channel_map, ps_roi_align
+from kit.det.thundernet import ContextEnhancement, LightRPNFeature, SpatialAttention, ThunderNet, ThunderNetHead, thundernet
+from kit.nn.snet import SNet, ShuffleUnit
 
 NUM_CLASSES = 3
 IMAGE = 64
@@ -480,7 +482,35 @@ BAD = [
      r"num_rois must be an int >= 1, got 0"),
     ("head-flops-3d-features", lambda: head_flops(RFCNHead(3, 16), torch.rand(16, 4, 4), 5, (64, 64)), ValueError,
      r"features must be \(B, C, h, w\), got \(16, 4, 4\)"),
+    # -- ThunderNet (kit.nn.snet, kit.det.thundernet)
+    ("snet-three-widths", lambda: SNet(widths=(24, 48, 96)), ValueError, r"SNet needs 4 widths \(stem, C3, C4, C5\)"),
+    ("snet-unknown-output", lambda: SNet(outputs=("C2",)), ValueError, r"outputs must be a non-empty sequence of"),
+    ("snet-gray-images", lambda: SNet()(torch.rand(1, 1, 64, 64)), ValueError, r"images must be \(B, 3, H, W\)"),
+    ("shuffle-unit-stride-3", lambda: ShuffleUnit(24, 48, 3), ValueError, r"stride must be 1 or 2, got 3"),
+    ("shuffle-unit-even-kernel", lambda: ShuffleUnit(48, 48, 1, kernel_size=4), ValueError, r"kernel_size must be odd"),
+    ("shuffle-unit-stride-1-width-change", lambda: ShuffleUnit(24, 48, 1), ValueError,
+     r"equal to in_channels at stride 1"),
+    ("cem-without-c4", lambda: ContextEnhancement(8, 16, terms=("C5", "global")), ValueError,
+     r"terms must include 'C4'"),
+    ("cem-mismatched-batches", lambda: ContextEnhancement(8, 16)(torch.rand(2, 8, 4, 4), torch.rand(1, 16, 2, 2)),
+     ValueError, r"C4 and C5 must be maps \(B, C, h, w\) of one batch"),
+    ("light-rpn-even-kernel", lambda: LightRPNFeature(49, 16, kernel_size=4), ValueError, r"kernel_size must be odd"),
+    ("sam-grid-mismatch", lambda: SpatialAttention(16, 49)(torch.rand(1, 49, 4, 4), torch.rand(1, 16, 5, 5)),
+     ValueError, r"F_CEM must be \(B, 49, h, w\) on F_RPN's grid"),
+    ("thundernet-head-not-alpha-p2", lambda: ThunderNetHead(3, 100), ValueError,
+     r"in_channels must be alpha \* pooled_size\^2 \(245 = 5 \* 7 \* 7\), got 100"),
+    ("thundernet-resnet-backbone", lambda: ThunderNet(torch.nn.Conv2d(3, 8, 1), *thundernet_parts()), TypeError,
+     r"the backbone must be a kit.nn.snet.SNet with outputs \('C4', 'C5'\)"),
+    ("thundernet-uint8-images", lambda: thundernet(3, rpn_channels=16).loss(
+        torch.zeros(1, 3, 64, 64, dtype=torch.uint8), [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)]),
+     TypeError, r"uint8 pixels: use images.float\(\) / 255"),
 ]
+
+
+def thundernet_parts():
+    """A ThunderNet's parts after its backbone (CEM, light RPN, RPN, SAM, head)."""
+    model = thundernet(3, rpn_channels=16)
+    return model.backbone.cem, model.rpn_feature, model.rpn, model.sam, model.roi_head
 
 
 @pytest.mark.parametrize("case, call, error, phrase", BAD, ids=[row[0] for row in BAD])
