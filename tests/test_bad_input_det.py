@@ -31,6 +31,8 @@ from kit.ops.deformable_kernels import DeformableKernel2d, deformable_kernel_con
 from kit.ops.ms_deform_attn import MSDeformAttn
 from kit.det.light_head import LargeSeparableConv, LightHeadHead, RFCNHead
 from kit.nn.detnet import DetNetBottleneck, TinyDetNet, stage_flops, tiny_detnet
+from kit.det.dynamic_sparse_rcnn import DynamicProposalGenerator, dla_schedule, ot_assigner
+from kit.det.sparse_rcnn import SparseRCNN, stage_loss
 from kit.ops.ps_roi_align import bin_channel_map, ps_roi_align
 from kit.det.thundernet import ContextEnhancement, LightRPNFeature, SpatialAttention, ThunderNet, ThunderNetHead, thundernet
 from kit.nn.snet import SNet, ShuffleUnit
@@ -119,6 +121,11 @@ def autoassign_call(gt):
 
 def detr_targets(boxes, labels=(0,)):
     return [{"labels": torch.tensor(list(labels)), "boxes": torch.tensor(boxes)}]
+
+
+def tiny_sparse_rcnn():
+    return SparseRCNN(NUM_CLASSES, num_proposals=4, num_stages=1, hidden_dim=16, dynamic_dim=4, image_size=IMAGE,
+                      widths=(8, 8, 8, 8))
 
 
 def detr_outputs():
@@ -504,6 +511,31 @@ BAD = [
     ("thundernet-uint8-images", lambda: thundernet(3, rpn_channels=16).loss(
         torch.zeros(1, 3, 64, 64, dtype=torch.uint8), [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)]),
      TypeError, r"uint8 pixels: use images.float\(\) / 255"),
+    # -- Sparse R-CNN and Dynamic Sparse R-CNN (kit.det.sparse_rcnn, kit.det.dynamic_sparse_rcnn)
+    ("sparse-rcnn-zero-proposals", lambda: SparseRCNN(3, num_proposals=0), ValueError,
+     r"num_proposals must be an int >= 1, got 0"),
+    ("sparse-rcnn-heads-do-not-divide", lambda: SparseRCNN(3, hidden_dim=30, num_heads=4), ValueError,
+     r"hidden_dim \(30\) must be divisible by num_heads \(4\)"),
+    ("sparse-rcnn-unbatched-image", lambda: tiny_sparse_rcnn()(torch.rand(3, 64, 64)), ValueError,
+     r"images must be \(B, 3, H, W\), got \(3, 64, 64\)"),
+    ("sparse-rcnn-nms-threshold-0", lambda: tiny_sparse_rcnn().detect(torch.rand(1, 3, 64, 64), nms_iou_threshold=0.0),
+     ValueError, r"nms_iou_threshold must be in \(0, 1\] or None"),
+    ("stage-loss-batch-mismatch", lambda: stage_loss(torch.rand(2, 4, 3), torch.rand(2, 4, 4), detr_targets([[0.5, 0.5, 0.2, 0.2]]),
+                                                     [(torch.tensor([0]), torch.tensor([0]))]), ValueError,
+     r"logits must have shape \(1, \*, \*\)"),
+    ("dla-schedule-negative-supply", lambda: dla_schedule(8), ValueError, r"the schedule must stay finite and > 0"),
+    ("dla-schedule-no-stages", lambda: dla_schedule(0), ValueError, r"num_stages must be an int >= 1, got 0"),
+    ("ot-assigner-empty-supplies", lambda: ot_assigner([]), ValueError, r"supplies must be a non-empty list"),
+    ("ot-assigner-zero-supply", lambda: ot_assigner([1.0, 0.0]), ValueError, r"finite numbers > 0, one per stage"),
+    ("ot-assigner-stage-beyond-schedule", lambda: ot_assigner([1.0])(torch.rand(1, 4, 3), torch.rand(1, 4, 4),
+                                                                     detr_targets([[0.5, 0.5, 0.2, 0.2]]), 1),
+     ValueError, r"stage 1 has no supply: the schedule has 1 stages"),
+    ("dpg-zero-experts", lambda: DynamicProposalGenerator(8, 16, num_experts=0), ValueError,
+     r"num_experts must be an int >= 1, got 0"),
+    ("dpg-mix-wrong-weights", lambda: DynamicProposalGenerator(8, 16, 4).mix(torch.ones(2, 3) / 3), ValueError,
+     r"weights must be \(B, 4\), got \(2, 3\)"),
+    ("dpg-three-levels", lambda: DynamicProposalGenerator(8, 16, 4)([torch.rand(1, 16, s, s) for s in (8, 4, 2)]),
+     ValueError, r"expected 4 pyramid levels, got 3"),
 ]
 
 
