@@ -28,11 +28,14 @@ Set detectors
 - ``detr`` — a small DETR.
 - ``deformable_detr`` — a small Deformable DETR.
 - ``optimal_transport`` — log-domain Sinkhorn and OTA-style label assignment (dynamic k, background supply).
+- ``sparse_rcnn`` — Sparse R-CNN: learnable proposals, dynamic stages, a Hungarian set loss per stage.
+- ``dynamic_sparse_rcnn`` — Dynamic Sparse R-CNN: optimal-transport assignment per stage, dynamic proposals.
 
 Two-stage detectors
 
 - ``rpn`` — the region proposal network on one stride-16 map (torchvision's RPN).
 - ``two_stage`` — ``TwoStageDetector``: RoI sampling, the Fast R-CNN loss and inference around a ``RoIHead``.
-- ``roi_heads`` — the ``RoIHead`` contract and the heavy Faster R-CNN head.
+- ``roi_heads`` — the ``RoIHead`` contract, the heavy Faster R-CNN head, a head's FLOPs per map and per RoI.
 - ``light_head`` — Light-Head R-CNN's thin map and large separable conv; the R-FCN head.
+- ``thundernet`` — ThunderNet: context enhancement, the light RPN, spatial attention, its detector.
 """

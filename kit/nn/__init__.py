@@ -10,6 +10,7 @@
   residual bottlenecks, with its FLOP report.
 - :mod:`kit.nn.detnet` — ``TinyDetNet``: DetNet's stride-16 extra stages of dilated bottlenecks (types A
   and B), and the ResNet-style baseline whose stages 5 and 6 downsample, at matched FLOPs.
+- :mod:`kit.nn.snet` — ``SNet``: ThunderNet's ShuffleNetV2-style backbone with 5x5 depthwise units.
 - :mod:`kit.nn.receptive_field` — ``ReceptiveField`` / ``receptive_field``: the theoretical RF of a
   chain of layers and where its units sit in the image.
 """
