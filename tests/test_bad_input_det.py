@@ -34,6 +34,7 @@ from kit.nn.detnet import DetNetBottleneck, TinyDetNet, stage_flops, tiny_detnet
 from kit.det.dynamic_sparse_rcnn import DynamicProposalGenerator, dla_schedule, ot_assigner
 from kit.det.sparse_rcnn import SparseRCNN, stage_loss
 from kit.ops.ps_roi_align import bin_channel_map, ps_roi_align
+from kit.ops.roi_align import MultiLevelRoIAlign, roi_align
 from kit.det.thundernet import ContextEnhancement, LightRPNFeature, SpatialAttention, ThunderNet, ThunderNetHead, thundernet
 from kit.nn.snet import SNet, ShuffleUnit
 
@@ -179,6 +180,15 @@ def ps_roi_align_with(features=None, boxes=None, output_size=3, **kw):
     """ps_roi_align on two 18-channel 8x8 maps (C = 2, 3x3 bins) with one bad piece swapped in."""
     features = torch.randn(2, 18, 8, 8) if features is None else features
     return lambda: ps_roi_align(features, PS_ROIS if boxes is None else boxes, output_size, **kw)
+
+
+ROI_BOXES = [torch.tensor([[4.0, 6.0, 30.0, 40.0]]), torch.tensor([[20.0, 20.0, 60.0, 50.0]])]
+
+
+def roi_align_with(features=None, boxes=None, output_size=7, sampling_ratio=2):
+    """kit.ops.roi_align.roi_align on two 4-channel 8x8 maps with one bad piece swapped in."""
+    features = torch.randn(2, 4, 8, 8) if features is None else features
+    return lambda: roi_align(features, ROI_BOXES if boxes is None else boxes, output_size, 1 / 16, sampling_ratio)
 
 
 def rois_with(column, value):
@@ -339,6 +349,33 @@ BAD = [
      ValueError, r"in_channels=16"),
     ("msda-reference-points-without-levels", msda_with_flat_reference_points(), ValueError,
      r"reference_points must be \(N, Lq, L, 2 or 4\) = \(1, 3, 2, 2\|4\).*got \(1, 3, 2\)"),
+    # -- RoIAlign (kit.ops.roi_align)
+    ("roialign-3d-features", roi_align_with(features=torch.randn(4, 8, 8)), ValueError,
+     r"features must be a \(B, C, H, W\) tensor, got \(4, 8, 8\)"),
+    ("roialign-integer-features", roi_align_with(features=torch.zeros(2, 4, 8, 8, dtype=torch.long)), TypeError,
+     r"features must be floating point, got torch.int64"),
+    ("roialign-empty-map", roi_align_with(features=torch.randn(2, 4, 0, 8)), ValueError, r"non-empty map"),
+    ("roialign-nan-features", roi_align_with(features=torch.full((2, 4, 8, 8), float("nan"))), ValueError,
+     r"features contain NaN or inf"),
+    ("roialign-boxes-one-tensor", roi_align_with(boxes=torch.zeros(2, 5)), ValueError,
+     r"boxes must be a list of \(R_i, 4\) xyxy tensors, one per image \(2\)"),
+    ("roialign-fewer-box-lists", roi_align_with(boxes=ROI_BOXES[:1]), ValueError, r"one per image \(2\).*length 1"),
+    ("roialign-boxes-with-index", roi_align_with(boxes=[torch.zeros(1, 5)] * 2), ValueError,
+     r"boxes\[0\] must be an \(R, 4\) xyxy tensor, got \(1, 5\)"),
+    ("roialign-integer-boxes", roi_align_with(boxes=[b.long() for b in ROI_BOXES]), TypeError,
+     r"boxes\[0\] must be floating point"),
+    ("roialign-nan-box", roi_align_with(boxes=[torch.tensor([[0.0, float("nan"), 4.0, 4.0]])] * 2), ValueError,
+     r"boxes\[0\] contain NaN or inf"),
+    ("roialign-inverted-box", roi_align_with(boxes=[torch.tensor([[9.0, 0.0, 4.0, 4.0]])] * 2), ValueError,
+     r"x2 >= x1 and y2 >= y1"),
+    ("roialign-output-size-0", roi_align_with(output_size=0), ValueError, r"output_size must be an int >= 1"),
+    ("roialign-float-sampling-ratio", roi_align_with(sampling_ratio=2.0), ValueError, r"sampling_ratio must be an int"),
+    ("multilevel-strides-not-powers-of-two", lambda: MultiLevelRoIAlign([4, 6]), ValueError,
+     r"strides must be a non-empty list of powers of two"),
+    ("multilevel-strides-coarsest-first", lambda: MultiLevelRoIAlign([8, 4]), ValueError, r"finest first"),
+    ("multilevel-wrong-level-count", lambda: MultiLevelRoIAlign([4, 8])([torch.randn(1, 2, 8, 8)],
+                                                                       [torch.zeros(0, 4)]), ValueError,
+     r"expected 2 levels \(strides \[4, 8\]\), got 1"),
     # -- PSRoIAlign (kit.ops.ps_roi_align)
     ("psroi-3d-features", ps_roi_align_with(features=torch.randn(18, 8, 8)), ValueError,
      r"features must be \(N, C \* ph \* pw, H, W\).*got \(18, 8, 8\)"),

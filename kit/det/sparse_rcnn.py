@@ -4,7 +4,9 @@ No anchors, no dense candidates, no NMS. The detector owns ``N`` learnable **pro
 (normalised ``(cx, cy, w, h)``, one set for every image) and as many **proposal features**
 (``N x d``). ``T`` dynamic-head stages refine them; stage ``t``:
 
-1. RoIAlign ``7 x 7`` of every box on the FPN level its size picks (``roi (B N, 49, d)``);
+1. RoIAlign ``7 x 7`` of every box on the FPN level its size picks (``roi (B N, 49, d)``;
+   :class:`kit.ops.roi_align.MultiLevelRoIAlign`, torchvision's ``MultiScaleRoIAlign`` with a
+   faster CPU backward);
 2. self-attention among the ``N`` proposal features of one image;
 3. **DynamicConv**: the proposal feature generates two ``1 x 1`` layers (``d -> d_dyn -> d``)
    that are applied to its own RoI feature (instance interaction), then a linear layer;
@@ -39,13 +41,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_convert, generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import batched_nms, box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from kit.det.hungarian import hungarian_match
 from kit.det.set_detector import SetDetector, postprocess_set
 from kit.det.validation import check_shape
 from kit.nn.backbone import TinyResNet
 from kit.nn.fpn import FPN
+from kit.ops.roi_align import MultiLevelRoIAlign
 from kit.runtime import evaluating
 
 __all__ = ["DynamicConv", "DynamicStage", "StaticProposals", "SparseRCNN", "apply_deltas", "stage_loss",
@@ -160,7 +163,7 @@ class SparseRCNN(SetDetector):
         self.num_classes, self.num_proposals, self.hidden_dim = num_classes, num_proposals, hidden_dim
         self.backbone = TinyResNet(widths, num_outputs=4)  # C2..C5, strides 4..32
         self.fpn = FPN(self.backbone.out_channels, hidden_dim)
-        self.pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], pool_size, sampling_ratio=sampling_ratio,
+        self.pooler = MultiLevelRoIAlign([4, 8, 16, 32], pool_size, sampling_ratio=sampling_ratio,
                                          canonical_scale=max(1, image_size // 2), canonical_level=4)
         self.proposals = proposals if proposals is not None else StaticProposals(num_proposals, hidden_dim)
         self.stages = nn.ModuleList(DynamicStage(num_classes, hidden_dim, dynamic_dim, num_heads,
@@ -177,13 +180,12 @@ class SparseRCNN(SetDetector):
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         b, _, h, w = images.shape
         levels = self.fpn(self.backbone(images))  # P2..P5, (B, d, h_l, w_l)
-        named = {str(i): level for i, level in enumerate(levels)}
         start_boxes, features, weights = self.proposals(levels)  # (B, N, 4), (B, N, d), (B, M) | None
         scale = images.new_tensor([w, h, w, h])
         boxes = box_convert(start_boxes, "cxcywh", "xyxy") * scale  # (B, N, 4) px
         stages = []
         for stage in self.stages:
-            roi = self.pooler(named, list(boxes.unbind(0)), [(h, w)] * b)  # (B N, d, 7, 7)
+            roi = self.pooler(levels, list(boxes.unbind(0)))  # (B N, d, 7, 7)
             logits, new_boxes, features = stage(roi.flatten(2).transpose(1, 2), boxes, features)
             stages.append({"logits": logits, "boxes": box_convert(new_boxes / scale, "xyxy", "cxcywh")})
             boxes = new_boxes.detach()  # the official cascade: no gradient through the next stage's boxes

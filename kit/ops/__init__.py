@@ -10,5 +10,7 @@
 - :mod:`kit.ops.generalized_attention` — the generalized attention block with four switchable terms.
 - :mod:`kit.ops.gumbel` — Gumbel-sigmoid / Gumbel-softmax samples, thresholded masks, temperature decay.
 - :mod:`kit.ops.sparse_interp` — Gaussian interpolation from sampled positions, grid prior, sparse conv.
+- :mod:`kit.ops.roi_align` — RoIAlign as two matrix products (torchvision's values, a fast CPU backward),
+  and a multi-level pooler (torchvision's ``MultiScaleRoIAlign`` rule).
 - :mod:`kit.ops.ps_roi_align` — position-sensitive RoIAlign written to be read (agrees with torchvision's).
 """
