@@ -30,7 +30,7 @@ from kit.ops.deform_conv import DeformConv2d, deform_conv2d
 from kit.ops.deformable_kernels import DeformableKernel2d, deformable_kernel_conv2d
 from kit.ops.ms_deform_attn import MSDeformAttn
 from kit.det.light_head import LargeSeparableConv, LightHeadHead, RFCNHead
-from kit.nn.detnet import DetNetBottleneck, TinyDetNet, stage_flops, tiny_detnet
+from kit.nn.detnet import DetNetBottleneck, TinyDetNet, TopDownNeck, stage_flops, tiny_detnet
 from kit.det.dynamic_sparse_rcnn import DynamicProposalGenerator, dla_schedule, ot_assigner
 from kit.det.sparse_rcnn import SparseRCNN, stage_loss
 from kit.ops.ps_roi_align import bin_channel_map, ps_roi_align
@@ -473,6 +473,15 @@ BAD = [
      r"dilation must be an int or two ints"),
     ("detnet-flops-not-detnet", lambda: stage_flops(torch.nn.Identity(), IMAGE), TypeError,
      r"backbone must be a TinyDetNet, got Identity"),
+    ("detnet-neck-unknown", lambda: tiny_detnet(neck="pan"), ValueError,
+     r"neck must be one of \('fpn', 'last'\), got 'pan'"),
+    ("detnet-topdown-two-levels", lambda: TopDownNeck((64, 64), 64), ValueError,
+     r"in_channels are the channels of C4, C5, C6 \(three ints\), got \(64, 64\)"),
+    ("detnet-topdown-channels-0", lambda: TopDownNeck((64, 0, 64), 64), ValueError,
+     r"in_channels of C5 must be an int >= 1, got 0"),
+    ("detnet-topdown-missing-c6", lambda: TopDownNeck((8, 8, 8), 8)({"C4": torch.zeros(1, 8, 4, 4),
+                                                                    "C5": torch.zeros(1, 8, 4, 4)}), ValueError,
+     r"the neck reads the maps \('C4', 'C5', 'C6'\), missing \['C6'\]"),
     # -- optimal transport (OTA / Dynamic Sparse R-CNN): Sinkhorn and the assignment
     ("sinkhorn-nan-cost", sinkhorn_with(cost=torch.tensor([[0.0, float("nan"), 1.0], [1.0, 1.0, 1.0]])),
      ValueError, r"cost has 1 non-finite values"),

@@ -20,9 +20,18 @@ all convolutions bias-free (the shortcut conv too), plain BatchNorm, ReLU after 
 bottleneck's inner width a quarter of its output (256 inside, 1024 out there: stages 5 and 6
 keep stage 4's 1024 channels). Kit scale: stages 1-4 are :class:`kit.nn.backbone.TinyResNet`'s
 stem and first three stages of basic blocks (orig. ResNet-50 bottlenecks, [3, 4, 6]); stages 5
-and 6 have ``blocks`` DetNet bottlenecks each (orig. 3, 3). A 1x1 conv with bias (the
-reimplementation's FPN ``toplayer``, 1024 -> 256) maps the last stage to ``out_channels``, so that a
-baseline with other stage widths gives the detector head the same input.
+and 6 have ``blocks`` DetNet bottlenecks each (orig. 3, 3).
+
+The neck. The paper compares the backbones *inside FPN*: both get a top-down path, so the
+ResNet baseline's coarse C5 and C6 are added back onto its stride-16 C4. :class:`TopDownNeck` is
+that path over C4, C5, C6 (``torchvision.ops.FeaturePyramidNetwork``: a 1x1 lateral with bias per
+level, the reimplementation's ``RCNN_latlayer1/2`` and ``RCNN_toplayer``, 1024 -> 256; nearest
+upsampling and a sum; a 3x3 output conv, which torchvision puts on every level while the
+reimplementation smooths only P3 and P2) ending at P4, the map the kit's single-map detector
+reads (``neck="fpn"``). A simplification of the paper's FPN: no P2, P3 and one level read, not five.
+For DetNet C4, C5 and C6 are all stride 16, the upsampling to the same size is the identity and
+P4 is a 3x3 of the plain sum of the three laterals -- the paper's "no upsampling between P4-P6".
+``neck="last"`` is the single-map design without a neck: a 1x1 conv of the last stage alone.
 
 The baseline, :func:`resnet_style_backbone`: the same stages built from the same bottlenecks
 without dilation, stages 5 and 6 downsampling (stride on the 3x3, torchvision-style, projection
@@ -30,17 +39,22 @@ shortcut with stride) to strides 32 and 64, doubling the width at each, as ResNe
 positions times 4x the channel products keeps each stage's FLOPs close to DetNet's (per stage 2.875
 against 3.125 ``h w C^2`` multiply-adds, C stage 4's channels; :func:`stage_flops` measures them
 with :class:`torch.utils.flop_counter.FlopCounterMode`). The paper counts a backbone's FLOPs without
-the detector's layers, so the 1x1 projection is counted apart.
+the detector's layers, so the neck is counted apart.
 """
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.ops import FeaturePyramidNetwork
 
 from kit.nn.backbone import TinyResNet
 
-__all__ = ["DetNetBottleneck", "TinyDetNet", "tiny_detnet", "resnet_style_backbone", "stage_flops"]
+__all__ = ["DetNetBottleneck", "TopDownNeck", "TinyDetNet", "tiny_detnet", "resnet_style_backbone", "stage_flops"]
+NECKS = ("fpn", "last")
+LEVELS = ("C4", "C5", "C6")  # what the neck reads
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -104,20 +118,54 @@ def new_stage(in_channels: int, out_channels: int, blocks: int, dilation: int, s
     return nn.Sequential(*layers)
 
 
+class TopDownNeck(nn.Module):
+    """FPN's top-down path over C4, C5, C6, read at its finest level: ``P4``, (B, out, h4, w4).
+
+    ``torchvision.ops.FeaturePyramidNetwork`` over the three levels: lateral 1x1 (with bias) of
+    each, from C6 down each sum nearest-upsampled to the next level's size and added to its
+    lateral, a 3x3 output conv. Only P4 is read, so the 3x3 output convs of P5 and P6 are
+    replaced by identities (no weights that never get a gradient); ``self.fpn(maps)["C4"]`` is
+    P4 exactly as a full FPN with these weights computes it.
+    """
+
+    def __init__(self, in_channels, out_channels: int):
+        super().__init__()
+        in_channels = tuple(in_channels)
+        if len(in_channels) != len(LEVELS):
+            raise ValueError(f"in_channels are the channels of C4, C5, C6 (three ints), got {in_channels!r}")
+        for name, value in zip(LEVELS, in_channels):
+            _check_positive_int(f"in_channels of {name}", value)
+        _check_positive_int("out_channels", out_channels)
+        self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels)
+        for level in range(1, len(LEVELS)):
+            self.fpn.layer_blocks[level] = nn.Identity()  # P5, P6: not read
+        self.out_channels = out_channels
+
+    def forward(self, maps: dict) -> torch.Tensor:  # {"C4": (B, c4, h4, w4), "C5": ..., "C6": ...} -> (B, out, h4, w4)
+        missing = [name for name in LEVELS if name not in maps]
+        if missing:
+            raise ValueError(f"the neck reads the maps {LEVELS}, missing {missing}")
+        return self.fpn(OrderedDict((name, maps[name]) for name in LEVELS))["C4"]
+
+
 class TinyDetNet(nn.Module):
     """Stem and stages 2-4 of :class:`kit.nn.backbone.TinyResNet`, then two stages of DetNet bottlenecks.
 
     ``stage_channels`` are the outputs of stages 5 and 6 and ``stage_strides`` their strides
     (1: keep the resolution, DetNet; 2: halve it, the ResNet-style baseline); ``dilation`` is
-    the 3x3's dilation in each of them. ``forward`` gives the last map after the 1x1
-    ``out_channels`` projection, ``(B, out_channels, H / stride, W / stride)``; with
-    ``return_stages=True`` the dict ``{"C2": ..., "C6": ..., "out": ...}`` of every stage's map.
-    Attributes: ``out_channels``, ``stride`` (of the last map), ``stage_strides_px`` (per stage).
+    the 3x3's dilation in each of them. ``forward`` gives the detector's map with ``out_channels``
+    channels, ``(B, out_channels, H / stride, W / stride)``: with ``neck="fpn"`` P4 of
+    :class:`TopDownNeck` over C4-C6 (stride 16 for any stage strides), with ``neck="last"`` a 1x1
+    conv of C6 alone (the stride of C6). With ``return_stages=True`` the dict ``{"C2": ...,
+    "C6": ..., "out": ...}`` of every stage's map. Attributes: ``out_channels``, ``stride`` (of the
+    detector's map), ``stage_strides_px`` (per stage), ``neck`` (the module) and ``neck_kind``.
     """
 
     def __init__(self, widths=(16, 32, 64), stage_channels=(64, 64), stage_strides=(1, 1), dilation=(2, 2),
-                 blocks=(2, 2), out_channels: int = 64):
+                 blocks=(2, 2), out_channels: int = 64, neck: str = "fpn"):
         super().__init__()
+        if neck not in NECKS:
+            raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
         if len(widths) != 3:
             raise ValueError(f"widths are the channels of stages 2-4 (three ints), got {widths!r}")
         for name, value in (("stage_channels", stage_channels), ("stage_strides", stage_strides),
@@ -133,8 +181,12 @@ class TinyDetNet(nn.Module):
             self.stages.append(new_stage(in_channels, channels, count, d, step))
             in_channels, stride = channels, stride * step
             self.stage_strides_px.append(stride)
-        self.project = nn.Conv2d(in_channels, out_channels, 1)  # the FPN toplayer: same head input for any widths
-        self.out_channels, self.stride = out_channels, stride
+        if neck == "fpn":  # laterals of C4, C5, C6, top-down, P4: stride 16
+            self.neck = TopDownNeck((widths[-1],) + tuple(stage_channels), out_channels)
+            stride = 16
+        else:  # a 1x1 of the last stage: the same head input for any widths, at C6's stride
+            self.neck = nn.Conv2d(in_channels, out_channels, 1)
+        self.neck_kind, self.out_channels, self.stride = neck, out_channels, stride
 
     def bottlenecks(self) -> list[DetNetBottleneck]:
         """The DetNet bottlenecks of stages 5 and 6, in order."""
@@ -157,35 +209,39 @@ class TinyDetNet(nn.Module):
         for name, stage in zip(("C2", "C3", "C4", "C5", "C6"), self.stages):
             x = stage(x)  # C2 (H/4), C3 (H/8), C4 (H/16), C5 and C6 (H/16 for DetNet; H/32, H/64 downsampling)
             maps[name] = x
-        maps["out"] = self.project(x)  # (B, out_channels, H / stride, W / stride)
+        maps["out"] = self.neck(maps) if self.neck_kind == "fpn" else self.neck(x)  # (B, out, H/stride, W/stride)
         return maps if return_stages else maps["out"]
 
 
-def tiny_detnet(widths=(16, 32, 64), blocks=(2, 2), out_channels: int = 64, dilation: int = 2) -> TinyDetNet:
+def tiny_detnet(widths=(16, 32, 64), blocks=(2, 2), out_channels: int = 64, dilation: int = 2,
+                neck: str = "fpn") -> TinyDetNet:
     """DetNet at kit scale: stages 5 and 6 keep stride 16 and stage 4's channels, 3x3s dilated by 2."""
-    return TinyDetNet(widths, (widths[-1], widths[-1]), (1, 1), (dilation, dilation), blocks, out_channels)
+    return TinyDetNet(widths, (widths[-1], widths[-1]), (1, 1), (dilation, dilation), blocks, out_channels, neck)
 
 
-def resnet_style_backbone(widths=(16, 32, 64), blocks=(2, 2), out_channels: int = 64) -> TinyDetNet:
+def resnet_style_backbone(widths=(16, 32, 64), blocks=(2, 2), out_channels: int = 64, neck: str = "fpn") -> TinyDetNet:
     """The baseline: the same blocks undilated, stages 5 and 6 at strides 32 and 64 with 2x and 4x stage 4's width."""
-    return TinyDetNet(widths, (2 * widths[-1], 4 * widths[-1]), (2, 2), (1, 1), blocks, out_channels)
+    return TinyDetNet(widths, (2 * widths[-1], 4 * widths[-1]), (2, 2), (1, 1), blocks, out_channels, neck)
 
 
 @torch.no_grad()
 def stage_flops(backbone: TinyDetNet, image_size: int) -> dict[str, int]:
     """FLOPs (2 per multiply-add, FlopCounterMode's count) of each part for one ``image_size`` image:
-    ``{"stem", "C2", ..., "C6", "project"}``, counted stage by stage in eval mode."""
+    ``{"stem", "C2", ..., "C6", "neck"}``, counted part by part in eval mode."""
     if not isinstance(backbone, TinyDetNet):
         raise TypeError(f"backbone must be a TinyDetNet, got {type(backbone).__name__}")
     _check_positive_int("image_size", image_size)
     was_training = backbone.training
     backbone.eval()
-    x = torch.zeros(1, 3, image_size, image_size, device=backbone.project.weight.device)
+    x = torch.zeros(1, 3, image_size, image_size, device=next(backbone.parameters()).device)
     parts = [("stem", backbone.stem)] + list(zip(("C2", "C3", "C4", "C5", "C6"), backbone.stages))
-    counts = {}
-    for name, module in parts + [("project", backbone.project)]:
+    counts, maps = {}, {}
+    for name, module in parts:
         with FlopCounterMode(display=False) as counter:
-            x = module(x)
+            x = maps[name] = module(x)
         counts[name] = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        backbone.neck(maps) if backbone.neck_kind == "fpn" else backbone.neck(x)
+    counts["neck"] = counter.get_total_flops()
     backbone.train(was_training)
     return counts
