@@ -9,7 +9,8 @@
 - :mod:`kit.nn.sparse_resnet` — ``SparseSegNet``: stochastic sparse sampling and interpolation in
   residual bottlenecks, with its FLOP report.
 - :mod:`kit.nn.detnet` — ``TinyDetNet``: DetNet's stride-16 extra stages of dilated bottlenecks (types A
-  and B), and the ResNet-style baseline whose stages 5 and 6 downsample, at matched FLOPs.
+  and B), the ResNet-style baseline whose stages 5 and 6 downsample, at matched FLOPs, and
+  ``TopDownNeck`` (FPN's top-down path over C4-C6, read at P4) that both feed the detector through.
 - :mod:`kit.nn.snet` — ``SNet``: ThunderNet's ShuffleNetV2-style backbone with 5x5 depthwise units.
 - :mod:`kit.nn.receptive_field` — ``ReceptiveField`` / ``receptive_field``: the theoretical RF of a
   chain of layers and where its units sit in the image.
