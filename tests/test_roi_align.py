@@ -77,3 +77,10 @@ def test_multilevel_matches_torchvision_multiscale_roi_align():
     for a, b in zip(ours_grads, reference_grads):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     assert MultiLevelRoIAlign([4, 8])([levels[0], levels[1]], [torch.zeros(0, 4)] * 2).shape == (0, 3, 7, 7)
+
+
+def test_no_gradient_reaches_the_boxes_as_in_torchvision():
+    features = torch.randn(1, 2, 8, 8, requires_grad=True)
+    boxes = [torch.tensor([[10.0, 12.0, 60.0, 70.0]], requires_grad=True)]
+    roi_align(features, boxes, 7, 1 / 16).sum().backward()
+    assert boxes[0].grad is None and features.grad is not None

@@ -92,7 +92,8 @@ def separable_roi_align(features: torch.Tensor, boxes: list, output_size: int, s
     counts = [len(b) for b in boxes]
     if sum(counts) == 0:
         return features.new_zeros(0, channels, output_size, output_size)
-    cells = torch.cat(list(boxes)).to(features.dtype) * spatial_scale - (0.5 if aligned else 0.0)  # (R, 4)
+    # (R, 4) in cells; detached: no gradient to the boxes, as torchvision's kernel (the weights would give one)
+    cells = torch.cat(list(boxes)).detach().to(features.dtype) * spatial_scale - (0.5 if aligned else 0.0)
     x1, y1, x2, y2 = cells.unbind(-1)
     box_w, box_h = x2 - x1, y2 - y1
     if not aligned:  # torchvision: legacy boxes are at least one cell wide and high
