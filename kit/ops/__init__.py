@@ -10,5 +10,6 @@
 - :mod:`kit.ops.generalized_attention` — the generalized attention block with four switchable terms.
 - :mod:`kit.ops.gumbel` — Gumbel-sigmoid / Gumbel-softmax samples, thresholded masks, temperature decay.
 - :mod:`kit.ops.sparse_interp` — Gaussian interpolation from sampled positions, grid prior, sparse conv.
+- :mod:`kit.ops.delta_roi_align` — RoIAlign with a learned shift per bin or per RoI (TSD's Δc / Δr pooling).
 - :mod:`kit.ops.ps_roi_align` — position-sensitive RoIAlign written to be read (agrees with torchvision's).
 """
