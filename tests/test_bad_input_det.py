@@ -37,6 +37,10 @@ from kit.ops.ps_roi_align import bin_channel_map, ps_roi_align
 from kit.ops.roi_align import MultiLevelRoIAlign, roi_align
 from kit.det.thundernet import ContextEnhancement, LightRPNFeature, SpatialAttention, ThunderNet, ThunderNetHead, thundernet
 from kit.nn.snet import SNet, ShuffleUnit
+from kit.data.emblem_scenes import EmblemSceneConfig
+from kit.det.adj_nms import adj_nms, soft_nms, vote
+from kit.det.tsd import TSDDetector, TSDHead, progressive_constraint, shift_boxes
+from kit.ops.delta_roi_align import delta_roi_align
 
 NUM_CLASSES = 3
 IMAGE = 64
@@ -582,7 +586,66 @@ BAD = [
      r"weights must be \(B, 4\), got \(2, 3\)"),
     ("dpg-three-levels", lambda: DynamicProposalGenerator(8, 16, 4)([torch.rand(1, 16, s, s) for s in (8, 4, 2)]),
      ValueError, r"expected 4 pyramid levels, got 3"),
+    # -- TSD, adj-NMS, voting, emblem scenes (kit.ops.delta_roi_align, kit.det.tsd, kit.det.adj_nms, kit.data.emblem_scenes)
+    ("delta-roi-align-nan-offsets", lambda: delta_roi_align(torch.rand(1, 4, 6, 6), [torch.tensor([[0.0, 0.0, 40.0, 40.0]])],
+                                                            torch.full((1, 2), float("nan"))), ValueError, r"offsets must be finite"),
+    ("delta-roi-align-offsets-shape", lambda: delta_roi_align(torch.rand(1, 4, 6, 6), [torch.tensor([[0.0, 0.0, 40.0, 40.0]])],
+                                                              torch.zeros(1, 2, 5, 5)), ValueError,
+     r"offsets must be \(R, 2, p, p\) per bin or \(R, 2\) per RoI"),
+    ("delta-roi-align-3d-features", lambda: delta_roi_align(torch.rand(4, 6, 6), [torch.zeros(1, 4)]), ValueError,
+     r"features must be \(B, C, h, w\), got \(4, 6, 6\)"),
+    ("delta-roi-align-zero-sampling", lambda: delta_roi_align(torch.rand(1, 4, 6, 6), [torch.zeros(1, 4)], sampling_ratio=0),
+     ValueError, r"sampling_ratio must be an int >= 1, got 0"),
+    ("delta-roi-align-nan-gamma", lambda: delta_roi_align(torch.rand(1, 4, 6, 6), [torch.zeros(1, 4)], gamma=float("nan")),
+     ValueError, r"gamma must be a finite number"),
+    ("delta-roi-align-batch-index", lambda: delta_roi_align(torch.rand(1, 4, 6, 6), torch.tensor([[1.0, 0.0, 0.0, 9.0, 9.0]])),
+     ValueError, r"roi batch indices must be whole numbers in \[0, 0\]"),
+    ("delta-roi-align-nan-box", lambda: delta_roi_align(torch.rand(1, 4, 6, 6), [torch.tensor([[0.0, float("nan"), 9.0, 9.0]])]),
+     ValueError, r"rois must be finite"),
+    ("delta-roi-align-boxes-3-columns", lambda: delta_roi_align(torch.rand(1, 4, 6, 6), [torch.zeros(2, 3)]), ValueError,
+     r"boxes\[0\] must be \(R_i, 4\) xyxy"),
+    ("tsd-head-zero-fc", lambda: TSDHead(3, 16, fc_channels=0), ValueError, r"fc_channels must be an int >= 1, got 0"),
+    ("tsd-head-gamma-0", lambda: TSDHead(3, 16, gamma=0.0), ValueError, r"gamma must be in \(0, 1\]"),
+    ("tsd-detector-plain-head", lambda: TSDDetector(*tsd_parts()[:2], FasterRCNNHead(3, 64)), TypeError,
+     r"the roi_head of a TSDDetector must be a TSDHead, got FasterRCNNHead"),
+    ("tsd-detector-margin-1.5", lambda: TSDDetector(*tsd_parts(), margin_cls=1.5), ValueError,
+     r"margin_cls must be in \[0, 1\]"),
+    ("pc-logits-shape-mismatch", lambda: progressive_constraint(torch.rand(3, 4), torch.rand(3, 5), torch.zeros(3, dtype=torch.long),
+                                                                *[torch.rand(0, 4)] * 3), ValueError, r"sibling_logits must have shape \(3, 5\)"),
+    ("pc-gt-boxes-mismatch", lambda: progressive_constraint(torch.rand(2, 4), torch.rand(2, 4), torch.ones(2, dtype=torch.long),
+                                                            torch.rand(2, 4), torch.rand(2, 4), torch.rand(1, 4)), ValueError,
+     r"gt_boxes must have shape \(2, 4\)"),
+    ("shift-boxes-delta-r-3", lambda: shift_boxes(torch.rand(2, 4), torch.rand(2, 3)), ValueError,
+     r"delta_r must have shape \(2, 2\)"),
+    ("soft-nms-sigma-0", lambda: soft_nms(torch.rand(2, 4), torch.rand(2), sigma=0.0), ValueError, r"sigma must be a number > 0"),
+    ("soft-nms-sigma-nan", lambda: soft_nms(torch.rand(2, 4), torch.rand(2), sigma=float("nan")), ValueError,
+     r"sigma must be a number > 0"),
+    ("soft-nms-threshold-1", lambda: soft_nms(torch.rand(2, 4), torch.rand(2), score_threshold=1.0), ValueError,
+     r"score_threshold must be in \[0, 1\)"),
+    ("soft-nms-nan-score", lambda: soft_nms(torch.rand(2, 4), torch.tensor([0.5, float("nan")])), ValueError,
+     r"boxes and scores must be finite"),
+    ("soft-nms-int-boxes", lambda: soft_nms(torch.ones(2, 4, dtype=torch.long), torch.rand(2)), TypeError,
+     r"boxes and scores must be floating point"),
+    ("soft-nms-scores-shape", lambda: soft_nms(torch.rand(3, 4), torch.rand(2)), ValueError, r"scores must have shape \(3\), got \(2,\)"),
+    ("adj-nms-float-labels", lambda: adj_nms(torch.rand(2, 4), torch.rand(2), torch.zeros(2)), TypeError,
+     r"labels must be integers"),
+    ("adj-nms-threshold-0", lambda: adj_nms(torch.rand(2, 4), torch.rand(2), torch.zeros(2, dtype=torch.long), 0.0), ValueError,
+     r"nms_threshold must be in \(0, 1\]"),
+    ("vote-no-models", lambda: vote([]), ValueError, r"detections must be a non-empty list, one dict per model"),
+    ("vote-threshold-2", lambda: vote([{"boxes": torch.rand(1, 4), "scores": torch.rand(1), "labels": torch.zeros(1, dtype=torch.long)}], 2.0),
+     ValueError, r"iou_threshold must be in \[0, 1\]"),
+    ("vote-missing-labels", lambda: vote([{"boxes": torch.rand(1, 4), "scores": torch.rand(1)}]), ValueError,
+     r"detections\[0\] must be a dict with boxes, scores and labels"),
+    ("emblem-config-7-classes", lambda: EmblemSceneConfig(num_images=4, num_classes=7), ValueError, r"num_classes must be in 1..6"),
+    ("emblem-config-scale-0", lambda: EmblemSceneConfig(num_images=4, emblem_scale=0.0), ValueError,
+     r"emblem_scale must be in \(0, 0.5\]"),
 ]
+
+
+def tsd_parts():
+    """A TSD detector's backbone, RPN and head."""
+    model = two_stage_detector(TSDHead, 3)
+    return model.backbone, model.rpn, model.roi_head
 
 
 def thundernet_parts():
@@ -680,3 +743,12 @@ def test_tood_align_boxes_still_matches_torchvision(monkeypatch):
     boxes, offsets = torch.randn(1, 4, 4, 5), torch.randn(1, 8, 4, 5) * 0.4
     expected = torchvision.ops.deform_conv2d(boxes, offsets, torch.ones(4, 1, 1, 1))
     assert torch.equal(tood.align_boxes(boxes, offsets), expected)
+
+
+def test_empty_tsd_and_nms_inputs_are_legitimate():
+    assert delta_roi_align(torch.rand(2, 4, 6, 6), [torch.zeros(0, 4), torch.zeros(0, 4)]).shape == (0, 4, 7, 7)
+    keep, scores = soft_nms(torch.zeros(0, 4), torch.zeros(0))
+    assert keep.numel() == 0 and scores.numel() == 0
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    assert vote([empty, empty])["boxes"].shape == (0, 4)
+    assert shift_boxes(torch.zeros(0, 4), torch.zeros(0, 2)).shape == (0, 4)

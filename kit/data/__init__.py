@@ -5,6 +5,8 @@
 - :mod:`kit.data.context_scenes` — one key ring decides every object's label (P41's spatial
   attention); its slot sampling and painting also draw :mod:`kit.data.two_ring_scenes`.
 - :mod:`kit.data.two_ring_scenes` — two rings, each object reads the nearer one (P41's exercise).
+- :mod:`kit.data.emblem_scenes` — plain shapes whose class is a small off-centre emblem (P10, TSD);
+  a crowded split.
 - :mod:`kit.data.finegrained` — classes that differ by one small marker (P30, DCAL).
 - :mod:`kit.data.raster` — the drawing maths the generators share: pixel centres, object frames,
   shape tests, HSV colours, textured backgrounds, discs, tight boxes.

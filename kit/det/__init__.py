@@ -38,4 +38,6 @@ Two-stage detectors
 - ``roi_heads`` — the ``RoIHead`` contract, the heavy Faster R-CNN head, a head's FLOPs per map and per RoI.
 - ``light_head`` — Light-Head R-CNN's thin map and large separable conv; the R-FCN head.
 - ``thundernet`` — ThunderNet: context enhancement, the light RPN, spatial attention, its detector.
+- ``tsd`` — TSD, the OpenImages 2019 winner's decoupling head: Δc / Δr pooling, the sibling head, the progressive constraint.
+- ``adj_nms`` — Gaussian soft-NMS, adj-NMS (hard NMS, then soft-NMS of the survivors), box and score voting.
 """

@@ -12,5 +12,6 @@
 - :mod:`kit.ops.sparse_interp` — Gaussian interpolation from sampled positions, grid prior, sparse conv.
 - :mod:`kit.ops.roi_align` — RoIAlign as two matrix products (torchvision's values, a fast CPU backward),
   and a multi-level pooler (torchvision's ``MultiScaleRoIAlign`` rule).
+- :mod:`kit.ops.delta_roi_align` — RoIAlign with a learned shift per bin or per RoI (TSD's Δc / Δr pooling).
 - :mod:`kit.ops.ps_roi_align` — position-sensitive RoIAlign written to be read (agrees with torchvision's).
 """
