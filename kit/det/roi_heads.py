@@ -26,7 +26,8 @@ import math
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision.ops import roi_align
+
+from kit.ops.roi_align import roi_align
 
 __all__ = ["RoIHead", "FasterRCNNHead", "feature_stride", "head_flops"]
 
