@@ -84,3 +84,12 @@ def test_no_gradient_reaches_the_boxes_as_in_torchvision():
     boxes = [torch.tensor([[10.0, 12.0, 60.0, 70.0]], requires_grad=True)]
     roi_align(features, boxes, 7, 1 / 16).sum().backward()
     assert boxes[0].grad is None and features.grad is not None
+
+
+def test_meta_tensors_pass_for_flop_counting():
+    # FLOPs are counted on meta tensors (no values): the checks read shapes only and torchvision's op runs
+    features = torch.empty(2, 8, 50, 50, device="meta")
+    boxes = [torch.empty(3, 4, device="meta"), torch.empty(0, 4, device="meta")]
+    assert roi_align(features, boxes, 7, 1 / 16, 2).shape == (3, 8, 7, 7)
+    with pytest.raises(ValueError, match="features must be a"):
+        roi_align(torch.empty(8, 50, 50, device="meta"), boxes, 7)

@@ -35,6 +35,7 @@ MAX_DENSE_CELLS = 64 * 64  # beyond this map size torchvision's kernel is used
 
 
 def _check_inputs(features: torch.Tensor, boxes, output_size: int, sampling_ratio: int) -> None:
+    # values are checked except on meta tensors (shapes only: FLOPs are counted on them), which have none
     if not isinstance(features, torch.Tensor) or features.dim() != 4:
         raise ValueError(f"features must be a (B, C, H, W) tensor, got "
                          f"{tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__}")
@@ -42,7 +43,7 @@ def _check_inputs(features: torch.Tensor, boxes, output_size: int, sampling_rati
         raise TypeError(f"features must be floating point, got {features.dtype}")
     if features.shape[-2] == 0 or features.shape[-1] == 0:
         raise ValueError(f"features must be a non-empty map, got {tuple(features.shape)}")
-    if not torch.isfinite(features).all():
+    if features.device.type != "meta" and not torch.isfinite(features).all():
         raise ValueError("features contain NaN or inf")
     if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
         raise ValueError(f"output_size must be an int >= 1 (one side of the square grid of bins), got {output_size!r}")
@@ -57,6 +58,8 @@ def _check_inputs(features: torch.Tensor, boxes, output_size: int, sampling_rati
                              f"{tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}")
         if not b.is_floating_point():
             raise TypeError(f"boxes[{i}] must be floating point pixels, got {b.dtype}")
+        if b.device.type == "meta":
+            continue
         if not torch.isfinite(b).all():
             raise ValueError(f"boxes[{i}] contain NaN or inf")
         if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
