@@ -17,6 +17,8 @@ import torch
 from kit import io as kit_io
 from kit import runtime
 from kit.data import cache, shapes
+from kit.data.seg_scenes import SegSceneConfig, SegStyle
+from kit.data.seg_scenes import generate as generate_seg
 from kit.data.shapes import ShapeSceneConfig, generate
 
 CORES = runtime.available_cores()
@@ -49,6 +51,48 @@ BAD = [
     ("threads-arg-float", lambda mp: runtime.setup(threads=2.5), TypeError, r"threads must be .*type float"),
     ("source-hash-not-a-generator", lambda mp: cache.source_hash("kit.det.boxes"), ValueError,
      r"module file under kit/data/"),
+    # segmentation scenes (kit.data.seg_scenes): the config names what is allowed
+    ("seg: no images", lambda mp: SegSceneConfig(num_images=0), ValueError, r"SegSceneConfig: num_images must be >= 1"),
+    ("seg: too many classes", lambda mp: SegSceneConfig(num_images=2, num_classes=11), ValueError,
+     r"num_classes must be in 1\.\.10"),
+    ("seg: unknown regime", lambda mp: SegSceneConfig(num_images=2, regimes=("tiny",)), ValueError,
+     r"regimes must be a non-empty tuple of \['large', 'mixed', 'small'\]"),
+    ("seg: no regime", lambda mp: SegSceneConfig(num_images=2, regimes=()), ValueError, r"regimes must be a non-empty"),
+    ("seg: unknown style", lambda mp: SegSceneConfig(num_images=2, style="rain"), ValueError,
+     r"style must be a SegStyle or one of \['clean', 'fog', 'night', 'warm'\]"),
+    ("seg style: 3x2 colour matrix", lambda mp: SegStyle(colour_matrix=((1, 0), (0, 1), (0, 0))), ValueError,
+     r"SegStyle: colour_matrix must be 3x3"),
+    ("seg style: NaN noise", lambda mp: SegStyle(noise=float("nan")), ValueError, r"values must be finite"),
+    ("seg style: negative blur", lambda mp: SegStyle(blur_sigma=-1.0), ValueError, r"blur_sigma and noise must be >= 0"),
+    ("seg style: zero contrast", lambda mp: SegStyle(contrast=0.0), ValueError, r"contrast must be > 0"),
+    ("seg style: full haze", lambda mp: SegStyle(haze=1.0), ValueError, r"haze must be in \[0, 1\)"),
+    ("seg: negative ignore band", lambda mp: SegSceneConfig(num_images=2, ignore_band=-1), ValueError,
+     r"ignore_band must be an int >= 0"),
+    ("seg: fractional ignore band", lambda mp: SegSceneConfig(num_images=2, ignore_band=1.5), ValueError,
+     r"ignore_band must be an int >= 0"),
+    ("seg: everything unlabeled", lambda mp: SegSceneConfig(num_images=2, unlabeled_fraction=1.0), ValueError,
+     r"unlabeled_fraction must be in \[0, 1\)"),
+    ("seg: merge of bare ints", lambda mp: SegSceneConfig(num_images=2, merge=(1, 2)), ValueError,
+     r"merge must be a tuple of tuples of drawn classes, e.g. \(\(1, 2\),\)"),
+    ("seg: regimes a string", lambda mp: SegSceneConfig(num_images=2, regimes="small"), ValueError,
+     r"regimes and drop must be tuples"),
+    ("seg: merge of one class", lambda mp: SegSceneConfig(num_images=2, merge=((1,),)), ValueError,
+     r"each merge group needs >= 2 drawn classes"),
+    ("seg: merge of background", lambda mp: SegSceneConfig(num_images=2, merge=((0, 1),)), ValueError,
+     r"merge and drop name drawn classes 1\.\.5"),
+    ("seg: drop an undrawn class", lambda mp: SegSceneConfig(num_images=2, drop=(6,)), ValueError,
+     r"merge and drop name drawn classes 1\.\.5"),
+    ("seg: overlapping merges", lambda mp: SegSceneConfig(num_images=2, merge=((1, 2), (2, 3))), ValueError,
+     r"merge groups must be disjoint"),
+    ("seg: merge a dropped class", lambda mp: SegSceneConfig(num_images=2, merge=((1, 2),), drop=(2,)), ValueError,
+     r"must not contain dropped classes"),
+    ("seg: drop every class", lambda mp: SegSceneConfig(num_images=2, num_classes=2, drop=(1, 2)), ValueError,
+     r"drop must leave at least one class"),
+    ("seg: unknown drop_to", lambda mp: SegSceneConfig(num_images=2, drop=(1,), drop_to="void"), ValueError,
+     r"drop_to must be 'ignore' or 'background'"),
+    ("seg: negative seed", lambda mp: SegSceneConfig(num_images=2, seed=-1), ValueError, r"seed must be >= 0"),
+    ("seg: a shapes config", lambda mp: generate_seg(ShapeSceneConfig(num_images=2)), TypeError,
+     r"config must be a SegSceneConfig, got ShapeSceneConfig"),
 ]
 
 

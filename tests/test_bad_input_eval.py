@@ -17,6 +17,7 @@ from kit.det.postprocess import postprocess
 from kit.eval.alignment import misalignment
 from kit.eval.coco import coco_evaluate, evaluate_detector
 from kit.eval.recall import recall_by_class
+from kit.eval.seg_metrics import boundary_f1, boundary_iou, miou_ignoring
 from kit.eval.segmentation import confusion_matrix, iou_per_class
 
 
@@ -73,6 +74,9 @@ def aligned(scores=None, gt_labels=None):
     return misalignment(scores, boxes, points, torch.tensor([[0.0, 0, 20, 10]]), gt_labels)
 
 
+MAP = torch.tensor([[[0, 0, 1, 1], [0, 2, 2, 1], [0, 2, 2, 1], [0, 0, 1, 1]]])  # (1, 4, 4) class map
+
+
 BAD = [
     # COCO evaluation of per-image tensors
     ("coco: NaN box", lambda s: coco(s, boxes=with_nan), ValueError,
@@ -124,6 +128,32 @@ BAD = [
      r"predicted must hold integer class ids"),
     ("iou: non-square confusion", lambda s: iou_per_class(torch.ones(3, 2)), ValueError, r"square \(C, C\)"),
     ("iou: NaN in confusion", lambda s: iou_per_class(with_nan(torch.ones(2, 2))), ValueError, r"counts >= 0"),
+    # segmentation metrics with an ignore label (kit.eval.seg_metrics)
+    ("seg miou: float prediction", lambda s: miou_ignoring(torch.rand(1, 4, 4), MAP, 3), TypeError,
+     r"predicted must hold integer class ids \(e.g. logits.argmax\(1\)\), got torch.float32"),
+    ("seg miou: bool target", lambda s: miou_ignoring(MAP, MAP > 0, 3), TypeError, r"target must hold integer class ids"),
+    ("seg miou: a list", lambda s: miou_ignoring([[0, 1]], MAP, 3), TypeError, r"predicted must be a torch.Tensor"),
+    ("seg miou: shapes differ", lambda s: miou_ignoring(MAP, MAP[:, :3], 3), ValueError,
+     r"predicted \(1, 4, 4\) and target \(1, 3, 4\) must be equal \(B, H, W\) or \(H, W\)"),
+    ("seg miou: 4-d maps", lambda s: miou_ignoring(MAP[None], MAP[None], 3), ValueError, r"must be equal \(B, H, W\)"),
+    ("seg miou: zero labels", lambda s: miou_ignoring(MAP, MAP, 0), ValueError, r"num_labels \(background included\) must be >= 1"),
+    ("seg miou: float num_labels", lambda s: miou_ignoring(MAP, MAP, 3.0), TypeError, r"num_labels .* must be an int"),
+    ("seg miou: predicted 255", lambda s: miou_ignoring(MAP.clone().fill_(255), MAP, 3), ValueError,
+     r"predicted ids must lie in \[0, 3\), got \[255, 255\]"),
+    ("seg miou: target beyond the labels", lambda s: miou_ignoring(MAP, MAP + 1, 3), ValueError,
+     r"target ids must lie in \[0, 3\) or be ignore_index=255"),
+    ("seg miou: ignore_index is a label", lambda s: miou_ignoring(MAP, MAP, 3, ignore_index=2), ValueError,
+     r"ignore_index 2 is a label id \(num_labels=3\)"),
+    ("seg miou: 255 with ignore_index None", lambda s: miou_ignoring(MAP, MAP.clone().fill_(255), 3, ignore_index=None),
+     ValueError, r"target ids must lie in \[0, 3\) or be ignore_index=None"),
+    ("bf1: negative tolerance", lambda s: boundary_f1(MAP, MAP, 3, tolerance=-1), ValueError,
+     r"tolerance must be a finite number of pixels >= 0, got -1"),
+    ("bf1: NaN tolerance", lambda s: boundary_f1(MAP, MAP, 3, tolerance=float("nan")), ValueError, r"tolerance must be a finite"),
+    ("bf1: tensor tolerance", lambda s: boundary_f1(MAP, MAP, 3, tolerance=torch.tensor(2.0)), ValueError,
+     r"tolerance must be a finite number"),
+    ("biou: zero width", lambda s: boundary_iou(MAP, MAP, 3, width=0), ValueError, r"width must be an int >= 1 \(pixels\), got 0"),
+    ("biou: fractional width", lambda s: boundary_iou(MAP, MAP, 3, width=1.5), ValueError, r"width must be an int >= 1"),
+    ("biou: float target", lambda s: boundary_iou(MAP, MAP.float(), 3), TypeError, r"target must hold integer class ids"),
     # classification / localisation misalignment
     ("misalignment: -1 padding label", lambda s: aligned(gt_labels=torch.tensor([-1])), ValueError,
      r"gt_labels must be class ids in \[0, 1\) \(no -1 padding\)"),

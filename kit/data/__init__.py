@@ -2,6 +2,8 @@
 
 - :mod:`kit.data.shapes` — shape scenes for detection and segmentation: boxes, labels, visible
   masks, COCO export (most pages).
+- :mod:`kit.data.seg_scenes` — segmentation scenes: class maps with an ignore label (255), per-image
+  scale regimes, appearance styles, label spaces with their remap tables (P23, P24, P33, P36).
 - :mod:`kit.data.context_scenes` — one key ring decides every object's label (P41's spatial
   attention); its slot sampling and painting also draw :mod:`kit.data.two_ring_scenes`.
 - :mod:`kit.data.two_ring_scenes` — two rings, each object reads the nearer one (P41's exercise).

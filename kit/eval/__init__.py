@@ -7,4 +7,5 @@
 - :mod:`kit.eval.alignment` — TOOD's misalignment diagnostics (best-scored vs best-IoU prior)
   and Kendall's tau.
 - :mod:`kit.eval.segmentation` — semantic targets of shape scenes, confusion matrix and mean IoU.
+- :mod:`kit.eval.seg_metrics` — mIoU with an ignore label, boundary F-score (BF1) and boundary IoU.
 """

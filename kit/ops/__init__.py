@@ -14,4 +14,5 @@
   and a multi-level pooler (torchvision's ``MultiScaleRoIAlign`` rule).
 - :mod:`kit.ops.delta_roi_align` — RoIAlign with a learned shift per bin or per RoI (TSD's Δc / Δr pooling).
 - :mod:`kit.ops.ps_roi_align` — position-sensitive RoIAlign written to be read (agrees with torchvision's).
+- :mod:`kit.ops.tree_filter` — the Learnable Tree Filter: grid MST, two-pass filter along it, dense reference.
 """
