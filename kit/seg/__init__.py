@@ -2,4 +2,8 @@
 
 - ``models`` — ``TinyFCN`` (TinyResNet C2-C5 + a top-down decoder to full-resolution logits),
   ``segmentation_loss`` (cross-entropy with ignore label 255), the chapter's baseline segmenter.
+- ``dataset_bn`` — CDCL's dataset-aware BN (P33): ``DatasetBatchNorm2d`` (one BatchNorm2d per
+  dataset), ``convert_to_dataset_bn``, ``set_dataset``, ``using_dataset``.
+- ``alternation`` — CDCL's dataset alternation training (P33): ``dataset_at``,
+  ``alternating_batch_for``, ``iteration_batches``, ``dat_loss``; ``sampled_dataset_at`` (ablation).
 """
