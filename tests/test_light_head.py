@@ -109,9 +109,16 @@ def test_each_head_trains_in_the_two_stage_detector(head_class, options):
 def test_head_flops_split_per_map_and_per_roi_as_the_layers_say():
     features = torch.randn(2, 32, 6, 6)
     heavy = FasterRCNNHead(num_classes=5, in_channels=32, fc_channels=64).eval()
-    cost = head_flops(heavy, features, 10, (96, 96))
     fc_macs = 32 * 49 * 64 + 64 * 64 + 64 * 6 + 64 * 20  # two fcs, classifier, regressor (4 per class)
+    # on meta tensors (how P28 counts) RoIAlign is torchvision's op, which the counter does not count
+    on_meta = FasterRCNNHead(num_classes=5, in_channels=32, fc_channels=64).eval().to("meta")
+    cost = head_flops(on_meta, features.to("meta"), 10, (96, 96))
     assert cost["per_map"] == 0 and cost["per_roi"] == 2 * fc_macs and cost["total"] == 2 * 10 * 2 * fc_macs
+    # on the CPU the kit's separable RoIAlign pools, and its two products are counted too:
+    # p H C W (rows) + C p W p (columns) multiply-adds per RoI on this 6 x 6 map
+    cpu = head_flops(heavy, features, 10, (96, 96))
+    pooling_macs = 7 * 6 * 32 * 6 + 32 * 7 * 6 * 7
+    assert cpu["per_map"] == 0 and cpu["per_roi"] == 2 * (fc_macs + pooling_macs)
     voting = head_flops(RFCNHead(num_classes=5, in_channels=32).eval(), features, 10, (96, 96))
     assert voting["per_roi"] == 0 and voting["per_map"] == 2 * 36 * 32 * (6 + 4) * 49 * 2  # two 1x1 convs
     few, many = (head_flops(LightHeadHead(num_classes=c, in_channels=32, fc_channels=64).eval(), features, 10, (96, 96))

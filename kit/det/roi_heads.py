@@ -43,8 +43,10 @@ def head_flops(head: nn.Module, features: torch.Tensor, num_rois: int, image_siz
 
     features (B, in_channels, h, w); ``num_rois`` boxes per image, each the whole image (the
     count, not where the boxes are, sets the cost). Counted by
-    :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products; the
-    pooling itself is not counted): ``per_map`` is the forward with no RoI at all (R-FCN's
+    :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products). Pass the
+    head and features on the ``meta`` device to leave the pooling out, as torchvision's kernels are
+    not counted (P28 does); on the CPU the heavy head pools with :func:`kit.ops.roi_align.roi_align`,
+    whose two products are counted. ``per_map`` is the forward with no RoI at all (R-FCN's
     score maps, Light-Head's thin map), ``per_roi`` the rest divided by ``B * num_rois``.
     Returns ``{"per_map", "per_roi", "total"}`` in FLOPs (a multiply-add counts 2).
     """
