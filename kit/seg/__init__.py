@@ -2,6 +2,9 @@
 
 - ``models`` — ``TinyFCN`` (TinyResNet C2-C5 + a top-down decoder to full-resolution logits),
   ``segmentation_loss`` (cross-entropy with ignore label 255), the chapter's baseline segmenter.
+- ``tree_filter_net`` — the Learnable Tree Filter in TinyFCN's top-down fusions (P24):
+  ``TreeFilterFusion``, ``NonLocalBlock`` (the same slot), ``TreeFilterFCN`` (plain / tree_filter /
+  non_local; with the plain sum it is TinyFCN).
 - ``dataset_bn`` — CDCL's dataset-aware BN (P33): ``DatasetBatchNorm2d`` (one BatchNorm2d per
   dataset), ``convert_to_dataset_bn``, ``set_dataset``, ``using_dataset``.
 - ``alternation`` — CDCL's dataset alternation training (P33): ``dataset_at``,
