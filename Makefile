@@ -10,6 +10,12 @@ WIDGET_FONTS := book/_static/widgets/fonts.txt
 MATHJAX_JS   := book/_vendor/mathjax/tex-mml-chtml.js
 KIT_PROFILE  ?= auto
 export KIT_PROFILE
+# oneDNN's AVX-512 kernels (torch 2.14.1, seen on AMD EPYC / Zen 4) corrupt the heap in the
+# weight gradient of a 1x1 stride-2 convolution on a channels_last map with <= 12 channels
+# (the backbones' downsampling shortcuts at the smoke widths): the process dies with
+# "double free or corruption". Capping oneDNN at AVX2 avoids those kernels; it is a no-op on
+# CPUs without AVX-512. Override with ONEDNN_MAX_CPU_ISA=ALL make ... to test a newer torch.
+export ONEDNN_MAX_CPU_ISA ?= AVX2
 
 .PHONY: setup book test lab study bench check-book clean-book help
 .DEFAULT_GOAL := help
