@@ -9,4 +9,13 @@
   dataset), ``convert_to_dataset_bn``, ``set_dataset``, ``using_dataset``.
 - ``alternation`` — CDCL's dataset alternation training (P33): ``dataset_at``,
   ``alternating_batch_for``, ``iteration_batches``, ``dat_loss``; ``sampled_dataset_at`` (ablation).
+- ``cross_dataset`` — CDCL's segmenter (P33): ``CrossDatasetSegmenter`` (TinyFCN's trunk with
+  dataset-aware or shared BN and one 1x1 head per dataset), ``joint_loss``,
+  ``parameter_accounting``, ``branch_statistics``.
+- ``seg_losses`` — the hand-crafted metric losses Auto Seg-Loss compares with (P36):
+  ``lovasz_softmax`` (with ``lovasz_grad``), ``dice_loss``.
+- ``auto_seg_loss`` — Auto Seg-Loss' surrogates (P36): piecewise quadratic Bézier curves
+  (``bezier_curve``, ``control_points_from_theta``), ``miou_surrogate``, ``bf1_surrogate``,
+  ``auto_seg_loss``, the official searched control points. Its search policy is
+  :mod:`kit.hpo.truncated_normal_ppo`.
 """
