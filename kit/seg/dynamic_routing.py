@@ -137,6 +137,16 @@ class CellOutput:
     runs: torch.Tensor
 
 
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[index], without a copy when index is every row in order."""
+    return x if len(index) == len(x) else x[index]
+
+
+def _scatter(base: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """base with rows ``index`` replaced by ``values`` (out of place); values itself when index is every row."""
+    return values if len(index) == len(base) else base.index_put((index,), values)
+
+
 class RoutingCell(nn.Module):
     """One cell of the routing space: H = SepConv(Y) + Y, a gate per image, routes keep / up / down."""
 
@@ -192,31 +202,34 @@ class RoutingCell(nn.Module):
         trans = x.new_tensor([float(transitions[r]) for r in self.routes])  # (n,)
         expected = gates.max(1).values * cell_cost + (gates * trans).sum(1)  # (B,) differentiable
         real = runs.to(x.dtype) * cell_cost + ((gates > 0) & runs[:, None]).to(x.dtype) @ trans  # (B,)
-        # keep: alpha_keep * ReLU(H) where the cell runs, the input itself where it is dropped
+        # keep: the input itself where the cell is dropped, alpha_keep * ReLU(H) where it runs (below)
         keep = torch.where(active[:, None, None, None] & ~runs[:, None, None, None], x, torch.zeros_like(x))
-        up = x.new_zeros(batch, self.channels // 2, 2 * h, 2 * w) if self.up_route is not None else None
-        down = (x.new_zeros(batch, 2 * self.channels, (h + 1) // 2, (w + 1) // 2)
-                if self.down_route is not None else None)
-        if runs.any():
-            index = runs.nonzero().flatten()
-            y = x[index]  # (b, C, h, w): only the images this cell runs for
-            hidden = F.relu(self.op(y) + y)  # ReLU(H), (b, C, h, w)
-            g = gates[index][:, :, None, None, None]  # (b, n, 1, 1, 1): g[:, k] scales route k's maps
-            keep = keep.index_put((index,), g[:, 0] * hidden)
-            for route in ("up", "down"):  # a route runs only for the images whose gate opens it
-                if route not in self.routes:
-                    continue
-                k = self.routes.index(route)
-                open_ = (gates[index][:, k] > 0).nonzero().flatten()  # (b',) into index
-                if len(open_) == 0:
-                    continue
-                moved = self.up_route(hidden[open_]) if route == "up" else self.down_route(hidden[open_])
-                if route == "up":
-                    moved = F.interpolate(moved, scale_factor=2, mode="bilinear", align_corners=False)  # (b', C/2, 2h, 2w)
-                    up = up.index_put((index[open_],), g[open_, k] * moved)
-                else:
-                    down = down.index_put((index[open_],), g[open_, k] * moved)  # (b', 2C, h/2, w/2)
+        up = down = None
+        index = runs.nonzero().flatten()  # (b,) the images this cell runs for
+        hidden = F.relu(self.op(_rows(x, index)) + _rows(x, index)) if len(index) else None  # ReLU(H), (b, C, h, w)
+        g = gates[index][:, :, None, None, None]  # (b, n, 1, 1, 1): g[:, k] scales route k's maps
+        if len(index):
+            keep = _scatter(keep, index, g[:, 0] * hidden)
+        if self.up_route is not None:
+            up = self._route(hidden, index, g, "up", x.new_zeros(batch, self.channels // 2, 2 * h, 2 * w))
+        if self.down_route is not None:
+            down = self._route(hidden, index, g, "down", x.new_zeros(batch, 2 * self.channels, (h + 1) // 2, (w + 1) // 2))
         return CellOutput(keep, up, down, gates, expected, real, gate_flops, runs)
+
+    def _route(self, hidden, index, g, route, zeros):
+        """alpha_route * transition(ReLU H), computed only for the images whose gate opens the route; zeros elsewhere."""
+        if hidden is None:
+            return zeros
+        k = self.routes.index(route)
+        open_ = (g[:, k].flatten() > 0).nonzero().flatten()  # (b',) positions in index
+        if len(open_) == 0:
+            return zeros
+        if route == "up":  # (b', C/2, 2h, 2w)
+            moved = F.interpolate(self.up_route(_rows(hidden, open_)), scale_factor=2, mode="bilinear",
+                                  align_corners=False)
+        else:  # (b', 2C, h/2, w/2)
+            moved = self.down_route(_rows(hidden, open_))
+        return _scatter(zeros, index[open_], _rows(g[:, k], open_) * moved)
 
 
 class RoutingSpace:
