@@ -194,7 +194,7 @@ class RoutingCell(nn.Module):
             gates = torch.where(active[:, None], fixed, gates)  # (B, n)
         elif active.any():
             index = active.nonzero().flatten()
-            gates = gates.index_put((index,), soft_gate(self.gate(x[index])))  # (B, n), 0 where inactive
+            gates = _scatter(gates, index, soft_gate(self.gate(_rows(x, index))))  # (B, n), 0 where inactive
             gate_flops = torch.where(active, float(self.gate.flops(h, w)), 0.0).to(x.dtype)
         # per image: which cells run (drop test) and which routes carry anything
         runs = active & (gates.sum(1) >= DROP_THRESHOLD)  # (B,)
