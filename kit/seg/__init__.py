@@ -12,6 +12,10 @@
 - ``cross_dataset`` — CDCL's segmenter (P33): ``CrossDatasetSegmenter`` (TinyFCN's trunk with
   dataset-aware or shared BN and one 1x1 head per dataset), ``joint_loss``,
   ``parameter_accounting``, ``branch_statistics``.
+- ``dynamic_routing`` — Dynamic Routing (P23): the routing space of cells (SepConv + identity)
+  with soft conditional gates max(0, tanh), per-image cell dropping, expected and real FLOPs, the
+  budget loss, ``DynamicRoutingNet``, the static special cases as fixed gates
+  (``special_case_gates``, ``matched_hrnet_gates``).
 - ``seg_losses`` — the hand-crafted metric losses Auto Seg-Loss compares with (P36):
   ``lovasz_softmax`` (with ``lovasz_grad``), ``dice_loss``.
 - ``auto_seg_loss`` — Auto Seg-Loss' surrogates (P36): piecewise quadratic Bézier curves
