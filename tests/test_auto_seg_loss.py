@@ -8,7 +8,6 @@ from scipy import ndimage
 from kit.seg.auto_seg_loss import (OFFICIAL_BF1_CONTROL_POINTS, OFFICIAL_MIOU_CONTROL_POINTS, auto_seg_loss, bezier_curve, bf1_surrogate,
                                    control_points_from_theta, exact_miou_all_classes, miou_surrogate,
                                    num_parameters, one_hot_with_ignore, quadratic_bezier_root)
-from kit.seg.seg_losses import dice_loss, lovasz_softmax
 
 
 def random_points(metric: str, seed: int) -> torch.Tensor:
@@ -133,39 +132,3 @@ def test_gradients_are_finite_everywhere_including_probabilities_at_segment_join
     bezier_curve(x, points[:6]).sum().backward()
     assert bool(torch.isfinite(x.grad).all())
 
-
-LOGITS = torch.zeros(1, 3, 4, 4)
-LABELS = torch.zeros(1, 4, 4, dtype=torch.long)
-MIOU_POINTS = torch.tensor(OFFICIAL_MIOU_CONTROL_POINTS)
-
-
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: auto_seg_loss(LOGITS, LABELS, MIOU_POINTS, "BIoU"), ValueError, r"metric must be one of \('mIoU', 'BF1'\)"),
-    (lambda: auto_seg_loss(LOGITS, LABELS, MIOU_POINTS[:8], "mIoU"), ValueError,
-     r"control points for mIoU must have shape \(12,\), got \(8,\)"),
-    (lambda: auto_seg_loss(LOGITS, LABELS, torch.tensor([0.5, 0.5, 0.4, 0.6, 0.7, 0.8] * 2), "mIoU"), ValueError,
-     r"curve 0 of mIoU: .* must increase in x strictly"),
-    (lambda: auto_seg_loss(LOGITS, LABELS.float(), MIOU_POINTS), TypeError, r"labels must be long class ids"),
-    (lambda: auto_seg_loss(LOGITS, torch.full((1, 4, 4), 3), MIOU_POINTS), ValueError,
-     r"labels must be label ids in \[0, 3\) or 255 \(ignored\), got values in \[3, 3\]"),
-    (lambda: auto_seg_loss(LOGITS[0], LABELS, MIOU_POINTS), ValueError, r"logits must be a float \(B, L, H, W\)"),
-    (lambda: auto_seg_loss(LOGITS, LABELS[:, :3], MIOU_POINTS), ValueError, r"labels must be \(B, H, W\)"),
-    (lambda: auto_seg_loss(LOGITS, LABELS, random_points("BF1", 0), "BF1", tolerance=1.5), ValueError,
-     r"tolerance must be an int >= 0"),
-    (lambda: control_points_from_theta(torch.full((12,), 1.2), "mIoU"), ValueError, r"theta must lie in \[0, 1\]"),
-    (lambda: control_points_from_theta(torch.full((6,), 0.5), "mIoU"), ValueError,
-     r"theta for mIoU must end in a dimension of 12"),
-])
-def test_bad_input_is_refused_with_what_is_allowed(call, error, message):
-    with pytest.raises(error, match=message):
-        call()
-
-
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: lovasz_softmax(LOGITS, LABELS.float()), TypeError, r"labels must be long"),
-    (lambda: dice_loss(LOGITS, torch.full((1, 4, 4), -1)), ValueError, r"labels must be label ids in \[0, 3\)"),
-    (lambda: dice_loss(LOGITS, LABELS, smooth=0), ValueError, r"smooth and exponent must be > 0"),
-])
-def test_baseline_losses_refuse_bad_input(call, error, message):
-    with pytest.raises(error, match=message):
-        call()

@@ -1,5 +1,5 @@
 """Dynamic routing (kit.seg.dynamic_routing, P23): the catalog's invariants, FLOPs against FlopCounterMode,
-the static special cases, the budget loss and bad input."""
+the static special cases and the budget loss (bad input: tests/test_bad_input_seg.py)."""
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -220,45 +220,6 @@ def test_budget_loss_value_and_gradient():
     assert budget_rate(49, 100) == 1.0 == budget_rate(99, 100)
 
 
-BAD = [
-    ("cell: odd channels", lambda: RoutingCell(7, True, True), ValueError, r"channels must be an even int >= 2"),
-    ("cell: wrong channels in", lambda: RoutingCell(8, True, True)(torch.zeros(1, 4, 4, 4)), ValueError,
-     r"x must be \(B, 8, h, w\), got \(1, 4, 4, 4\)"),
-    ("space: zero layers", lambda: RoutingSpace(0, 3), ValueError, r"num_layers must be an int >= 1, got 0"),
-    ("space: five scales", lambda: RoutingSpace(4, 5), ValueError, r"num_scales must be in 1..4"),
-    ("space: no such cell", lambda: RoutingSpace(4, 3).routes(1, 2), ValueError, r"no cell \(1, 2\) in a 4 x 3 space"),
-    ("special: unknown name", lambda: special_case_gates(RoutingSpace(5, 3), "pspnet"), ValueError,
-     r"special case must be one of \('raw', 'fcn', 'unet', 'hrnet'\), got 'pspnet'"),
-    ("special: unet too shallow", lambda: special_case_gates(RoutingSpace(4, 3), "unet"), ValueError,
-     r"needs num_layers >= 5, got 4"),
-    ("net: zero classes", lambda: DynamicRoutingNet(0), ValueError, r"num_classes .* must be an int >= 1, got 0"),
-    ("net: uint8 images", lambda: _net()(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)), TypeError,
-     r"images must be float in \[0, 1\]"),
-    ("net: gray images", lambda: _net()(torch.zeros(1, 1, 32, 32)), ValueError, r"images must be \(B, 3, H, W\)"),
-    ("net: side not a multiple", lambda: _net()(torch.zeros(1, 3, 36, 36)), ValueError,
-     r"image sides must be multiples of 16 .* got \(36, 36\)"),
-    ("net: coarsest map 1 x 1", lambda: _net()(torch.zeros(1, 3, 16, 16)), ValueError, r"at least 2 x 2"),
-    ("net: gates for another space", lambda: _net(fixed_gates=special_case_gates(RoutingSpace(4, 3), "raw")),
-     ValueError, r"fixed_gates must be a dict with one entry per cell"),
-    ("net: a gate above 1", lambda: _net(fixed_gates={**special_case_gates(RoutingSpace(5, 3), "raw"),
-                                                      (1, 0): torch.tensor([1.0, 2.0])}),
-     ValueError, r"fixed gates of cell \(1, 0\) must be 2 values in \[0, 1\] for routes \['keep', 'down'\]"),
-    ("matched: fraction 0", lambda: matched_hrnet_gates(_net(), 32, 0.0), ValueError, r"fraction must be in \(0, 1\]"),
-    ("budget: 2-d flops", lambda: budget_loss(torch.zeros(2, 2), 1.0, 0.4, 1.0), ValueError,
-     r"expected_flops must be a non-empty \(B,\) tensor"),
-    ("budget: zero C_max", lambda: budget_loss(torch.zeros(2), 0.0, 0.4, 1.0), ValueError, r"max_flops .* must be > 0"),
-    ("budget: mu above 1", lambda: budget_loss(torch.zeros(2), 1.0, 1.5, 1.0), ValueError,
-     r"mu \(the target fraction of C_max\) must be in \[0, 1\], got 1.5"),
-    ("budget: negative weight", lambda: budget_loss(torch.zeros(2), 1.0, 0.4, -1.0), ValueError,
-     r"weight \(lambda\) must be >= 0"),
-    ("budget rate: step past the end", lambda: budget_rate(10, 10), ValueError, r"step must be in \[0, iterations\)"),
-]
-
-
-@pytest.mark.parametrize("call, error, message", [row[1:] for row in BAD], ids=[row[0] for row in BAD])
-def test_bad_input_is_refused_with_the_reason(call, error, message):
-    with pytest.raises(error, match=message):
-        call()
 
 
 def test_drop_threshold_is_the_official_one():
