@@ -3,9 +3,10 @@
     python -m kit.book.execute [--profile auto|smoke|cpu|gpu] [--all] [--check] [NOTEBOOK ...]
 
 Without notebook paths it looks at every ``notebooks/**/*.ipynb``. A notebook is executed in
-a fresh kernel (nbclient) with ``KIT_PROFILE`` set and its own folder as the working
-directory; a last probe cell, removed afterwards, reports which kit modules the kernel
-imported and on what device it ran. ``--all`` executes every notebook whatever its state;
+a fresh kernel (nbclient) with ``KIT_PROFILE`` set (and ``ONEDNN_MAX_CPU_ISA=AVX2`` unless set: see
+the Makefile) and its own folder as the working directory; a last probe cell, removed
+afterwards, reports which kit modules the kernel imported and on what device it ran. ``--all``
+executes every notebook whatever its state;
 ``--check`` executes nothing and exits with 1 if any notebook would be executed. A notebook
 that cannot be read (malformed JSON, not a notebook, outside the repository) or fails to
 execute is reported by name and the others go on; the exit status is then 1, with the
@@ -60,6 +61,9 @@ def execute(path: Path, profile: str, timeout: int = 1800) -> dict:
     notebook.cells.append(nbformat.v4.new_code_cell(PROBE))
     previous = os.environ.get("KIT_PROFILE")
     os.environ["KIT_PROFILE"] = profile
+    # the kernel inherits this: oneDNN's AVX-512 kernels crash in some strided 1x1 convolutions'
+    # backward (see the Makefile); ``make`` sets it already, a direct ``python -m`` run gets it here
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
     started = time.perf_counter()
     try:
         client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
