@@ -157,6 +157,18 @@ BAD = [
     ("ppo update: theta of another dimension", lambda: TruncatedNormalPolicy([0.5]).ppo_update(torch.zeros(3, 2), torch.zeros(3)), ValueError, r"theta must be \(S, 1\)"),
     ("ppo update: NaN reward", lambda: TruncatedNormalPolicy([0.5]).ppo_update(torch.zeros(2, 1), torch.tensor([0.0, float("nan")])),
      ValueError, r"rewards must be finite"),
+    ("ppo update: theta outside the support", lambda: TruncatedNormalPolicy([0.5]).ppo_update(torch.tensor([[0.5], [1.5]]), torch.zeros(2)),
+     ValueError, r"theta must be samples in \[0.0, 1.0\].*got 1 values outside it or NaN"),
+    ("ppo update: NaN theta", lambda: TruncatedNormalPolicy([0.5]).ppo_update(torch.tensor([[0.5], [float("nan")]]), torch.zeros(2)),
+     ValueError, r"got 1 values outside it or NaN"),
+    ("lovasz: NaN logits", lambda: lovasz_softmax(torch.full((1, 3, 4, 4), float("nan")), LABELS), ValueError,
+     r"logits has 48 non-finite values \(NaN or inf\)"),
+    ("dice: inf logits", lambda: dice_loss(LOGITS3.index_fill(1, torch.tensor([0]), float("inf")), LABELS), ValueError,
+     r"logits has 16 non-finite values"),
+    ("asl: NaN logits", lambda: auto_seg_loss(LOGITS3.index_fill(2, torch.tensor([1]), float("nan")), LABELS, MIOU_POINTS), ValueError,
+     r"logits has 12 non-finite values"),
+    ("routing net: NaN images", lambda: _net()(torch.full((1, 3, 32, 32), float("nan"))), ValueError,
+     r"images has 3072 non-finite values \(NaN or inf\)"),
 ]
 
 

@@ -91,6 +91,10 @@ class TruncatedNormalPolicy:
         if theta.dim() != 2 or theta.shape[1] != self.mu_x.numel() or rewards.numel() != theta.shape[0]:
             raise ValueError(f"theta must be (S, {self.mu_x.numel()}) and rewards (S,), got "
                              f"{tuple(theta.shape)} and {tuple(rewards.shape)}")
+        outside = int((~((theta >= self.low) & (theta <= self.high))).sum())  # NaN counts as outside
+        if outside:
+            raise ValueError(f"theta must be samples in [{self.low}, {self.high}] (the policy's support), "
+                             f"got {outside} values outside it or NaN")
         if not bool(torch.isfinite(rewards).all()):
             raise ValueError("rewards must be finite")
         if not clip > 0:

@@ -410,6 +410,9 @@ class DynamicRoutingNet(nn.Module):
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         if not images.is_floating_point():
             raise TypeError(f"images must be float in [0, 1], got {images.dtype} (uint8 pixels: images.float() / 255)")
+        non_finite = int((~torch.isfinite(images)).sum())
+        if non_finite:
+            raise ValueError(f"images has {non_finite} non-finite values (NaN or inf)")
         coarsest = images.shape[-1] // (4 * 2 ** (self.space.num_scales - 1))
         if min(images.shape[-2:]) % (4 * 2 ** (self.space.num_scales - 1)) or coarsest < 2:
             raise ValueError(f"image sides must be multiples of {4 * 2 ** (self.space.num_scales - 1)} with the "

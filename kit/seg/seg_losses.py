@@ -39,6 +39,9 @@ def check_logits_and_labels(logits: torch.Tensor, labels: torch.Tensor, ignore_i
                          f"got {tuple(getattr(labels, 'shape', ()))}")
     if labels.dtype != torch.long:
         raise TypeError(f"labels must be long class ids (SegScenes.batch gives them), got {labels.dtype}")
+    non_finite = int((~torch.isfinite(logits)).sum())
+    if non_finite:
+        raise ValueError(f"logits has {non_finite} non-finite values (NaN or inf); a loss on them would be NaN")
     valid = labels != ignore_index  # (B, H, W)
     if valid.any() and (labels[valid].min() < 0 or labels[valid].max() >= logits.shape[1]):
         raise ValueError(f"labels must be label ids in [0, {logits.shape[1]}) or {ignore_index} (ignored), "
