@@ -22,6 +22,8 @@ from kit.det.detector import DenseDetector, DenseOutput
 from kit.det.losses import focal_loss_prob, giou_loss, quality_focal_loss_prob
 from kit.det.optimal_transport import background_cost, dynamic_k, linear_schedule, ot_assign, sinkhorn_log
 from kit.det.priors import point_priors
+from kit.det.equalization_loss import class_gradients, equalization_loss, softmax_cross_entropy
+from kit.det.region_detector import RegionDetector, region_proposals
 from kit.det.roi_heads import FasterRCNNHead, head_flops
 from kit.det.rpn import region_proposal_network
 from kit.det.two_stage import TwoStageDetector, detect_from_rois, fast_rcnn_loss, sample_rois, two_stage_detector
@@ -242,6 +244,39 @@ def ot_assign_with(**changes):
 
 BAD = [
     # id, call, exception type, phrase of the message
+    # -- the long-tail chapter: equalization loss and the region detector
+    ("eql-nan-logits", lambda: equalization_loss(torch.full((2, 3), float("nan")), torch.tensor([0, 1]), torch.full((3,), 0.1), 0.05),
+     ValueError, r"logits has 6 non-finite values"),
+    ("eql-frequency-length", lambda: equalization_loss(torch.zeros(2, 3), torch.tensor([0, 1]), torch.full((4,), 0.1), 0.05),
+     ValueError, r"logits must have 4 columns here, got 3"),
+    ("eql-frequency-above-one", lambda: equalization_loss(torch.zeros(2, 3), torch.tensor([0, 1]), torch.tensor([0.1, 2.0, 0.1]), 0.05),
+     ValueError, r"image_frequency must be fractions of the training images in \[0, 1\]"),
+    ("eql-lambda-above-one", lambda: equalization_loss(torch.zeros(2, 3), torch.tensor([0, 1]), torch.full((3,), 0.1), 5.0),
+     ValueError, r"lam \(lambda\) must be a frequency in \[0, 1\], got 5.0"),
+    ("eql-float-labels", lambda: equalization_loss(torch.zeros(2, 3), torch.tensor([0.0, 1.0]), torch.full((3,), 0.1), 0.05),
+     TypeError, r"labels must be long \(0 background, c \+ 1 class c\)"),
+    ("eql-label-beyond", lambda: equalization_loss(torch.zeros(2, 3), torch.tensor([0, 4]), torch.full((3,), 0.1), 0.05),
+     ValueError, r"labels must lie in \[0, 3\] \(0 background\), got 0..4"),
+    ("eql-labels-per-roi", lambda: equalization_loss(torch.zeros(2, 3), torch.tensor([0]), torch.full((3,), 0.1), 0.05),
+     ValueError, r"labels must be \(2,\), one per RoI"),
+    ("softmax-ce-label-beyond", lambda: softmax_cross_entropy(torch.zeros(2, 4), torch.tensor([0, 4])), ValueError,
+     r"labels must lie in \[0, 3\]"),
+    ("class-gradients-weights-shape", lambda: class_gradients(torch.zeros(2, 3), torch.tensor([0, 1]), torch.ones(3, 3)),
+     ValueError, r"weights must be \(2, 3\) like the logits"),
+    ("proposals-negative-count", lambda: region_proposals([torch.zeros(0, 4)], 64, per_object=-1), ValueError,
+     r"per_object must be an int >= 0, got -1"),
+    ("proposals-nan-jitter", lambda: region_proposals([torch.zeros(0, 4)], 64, jitter=float("nan")), ValueError,
+     r"jitter must be a finite fraction >= 0"),
+    ("proposals-boxes-shape", lambda: region_proposals([torch.zeros(3, 5)], 64), ValueError, r"gt_boxes\[0\]"),
+    ("region-detector-scoring", lambda: RegionDetector(3, softmax_cross_entropy, "focal"), ValueError,
+     r"scoring must be one of \('softmax', 'sigmoid'\), got 'focal'"),
+    ("region-detector-loss-not-callable", lambda: RegionDetector(3, "bce"), TypeError, r"cls_loss must be a function"),
+    ("region-detector-uint8-images", lambda: RegionDetector(3, softmax_cross_entropy)(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), [torch.zeros(1, 4)]),
+     TypeError, r"images must be float in \[0, 1\], got torch.uint8"),
+    ("region-detector-nan-images", lambda: RegionDetector(3, softmax_cross_entropy)(torch.full((1, 3, 32, 32), float("nan")), [torch.zeros(1, 4)]),
+     ValueError, r"images has 3072 non-finite values"),
+    ("region-detector-proposals-per-image", lambda: RegionDetector(3, softmax_cross_entropy)(torch.zeros(2, 3, 32, 32), [torch.zeros(1, 4)]),
+     ValueError, r"need one proposal tensor per image \(2\), got 1"),
     # -- item 1: ground truth that cannot be right, in every assigner
     ("atss-inverted-gt", atss_with(INVERTED), ValueError, r"gt_boxes has 1 boxes with x2 < x1 or y2 < y1"),
     ("atss-xywh-as-xyxy", atss_with(XYWH), ValueError, r"xywh passed as xyxy"),
