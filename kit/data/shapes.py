@@ -206,14 +206,17 @@ def _occlude(full: torch.Tensor, present: torch.Tensor, min_visible: float):
     return keep, visible, boxes
 
 
-def _paint(config: ShapeSceneConfig, shape_id, visible, generator, device) -> torch.Tensor:
+def _paint(config: ShapeSceneConfig, shape_id, visible, generator, device, base_hue=None) -> torch.Tensor:
     """Images (n, 3, H, W) uint8: a textured background with every visible mask in its colour.
 
     Colours are the class hue with jitter (or any hue), bright and saturated enough to stand out.
+    ``base_hue`` (n, K), if given, replaces the class hues (:mod:`kit.data.longtail_scenes` gives
+    each (shape, hue family) class its own hue); the draws are the same either way.
     """
     n, k, size = *shape_id.shape, config.image_size
     if config.color_by_class:
-        hue = (CLASS_HUES.to(device)[shape_id] + uniform(generator, -0.04, 0.04, (n, k), device)) % 1
+        hue = CLASS_HUES.to(device)[shape_id] if base_hue is None else base_hue
+        hue = (hue + uniform(generator, -0.04, 0.04, (n, k), device)) % 1
     else:
         hue = torch.rand((n, k), generator=generator, device=device)
     colour = hsv_to_rgb(hue, uniform(generator, 0.55, 1.0, (n, k), device),
