@@ -278,6 +278,7 @@ def class_groups(train: LongTailScenes) -> list[str]:
     """Each class's LVIS group 'r', 'c' or 'f' from the *training* split's annotated image counts and
     its config's thresholds (rare: <= 10 s, common: <= 100 s, frequent: more). A class annotated in
     no training image is called rare (LVIS would leave it out; we keep every class evaluable)."""
+    _check_scenes(train, "train")
     rare_max, common_max = train.config.thresholds()
     counts = image_counts(train).tolist()
     return ["r" if n <= rare_max else "c" if n <= common_max else "f" for n in counts]
