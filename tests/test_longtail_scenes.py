@@ -7,7 +7,7 @@ import torch
 
 from kit.data.longtail_scenes import (LongTailSceneConfig, aux_view, class_groups, class_shape_family, generate,
                                       image_counts, to_lvis)
-from tests._lvis_reference import lvis
+from tests._lvis_reference import need_lvis
 
 logging.getLogger("lvis").setLevel(logging.ERROR)
 CONFIG = LongTailSceneConfig(800, image_size=48, seed=1)
@@ -77,6 +77,7 @@ def test_deterministic_and_seeded():
 
 
 def test_to_lvis_loads_in_lvis(scenes, tmp_path):
+    lvis = need_lvis()
     groups = class_groups(scenes)
     for truth in (False, True):
         data = to_lvis(scenes, groups, truth=truth)
