@@ -23,6 +23,9 @@ annotation (``labels == -1`` in that slot) and is marked not exhaustive. The ful
 box labels of the frequent classes (P16's auxiliary detection set). :func:`to_lvis` writes
 either annotation as an LVIS json dict. Generated on the CPU and cached like
 :mod:`kit.data.shapes`.
+
+Long because the generator, the federated annotation and its LVIS export read one slot layout
+(truth and annotated labels side by side); split, each part would re-derive it.
 """
 from __future__ import annotations
 
@@ -36,8 +39,7 @@ from torchvision.ops import box_convert
 
 from kit.data import cache
 from kit.data.dataset import GeneratedDataset, check_config
-from kit.data.shapes import (BLOCK, CLASS_HUES, SHAPES, ShapeSceneConfig, _full_masks, _occlude, _pack, _paint,
-                             _sample_objects)
+from kit.data.shapes import BLOCK, CLASS_HUES, SHAPES, ShapeSceneConfig, draw_objects, sample_objects
 
 MAX_FAMILIES = 3
 GROUPS = ("r", "c", "f")
@@ -192,16 +194,12 @@ def _render_block(config: LongTailSceneConfig, n: int, generator) -> dict[str, t
     """Draw ``n`` images with shapes.py's machinery; labels are class ids, truth only."""
     shape_config = _shape_config(config)
     present, klass = _layout(config, n, generator)
-    objects = _sample_objects(shape_config, n, generator, "cpu")
+    objects = sample_objects(shape_config, n, generator, "cpu")
     shape, family = class_shape_family(config.num_classes)
-    families = int(family.max()) + 1
     objects["present"], objects["shape_id"] = present, shape[klass]
-    full = _full_masks(objects, config.image_size)
-    keep, visible, boxes = _occlude(full, present, shape_config.min_visible)
-    hue = (CLASS_HUES[shape] + family.float() / families) % 1  # (C,)
-    images = _paint(shape_config, objects["shape_id"], visible, generator, "cpu", base_hue=hue[klass])
-    packed = _pack(keep, klass, visible, boxes)
-    return dict(images=images, boxes=packed["boxes"], truth_labels=packed["labels"], areas=packed["areas"])
+    hue = (CLASS_HUES[shape] + family.float() / (int(family.max()) + 1)) % 1  # (C,)
+    drawn = draw_objects(shape_config, objects, generator, "cpu", labels=klass, base_hue=hue[klass])
+    return dict(images=drawn["images"], boxes=drawn["boxes"], truth_labels=drawn["labels"], areas=drawn["areas"])
 
 
 def _federate(config: LongTailSceneConfig, truth: torch.Tensor) -> dict[str, torch.Tensor]:

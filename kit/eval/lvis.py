@@ -24,7 +24,7 @@ import io
 
 import numpy as np
 
-from kit.eval.coco import _check_results, detections_to_coco
+from kit.eval.coco import check_results, detections_to_coco
 
 METRICS = ("AP", "AP50", "AP75", "APr", "APc", "APf")
 
@@ -106,7 +106,7 @@ def lvis_evaluate(lvis_gt: dict, detections: list, max_dets: int = 300,
         results = detections_to_coco(detections, image_ids, categories)
     else:
         results = [dict(r) for r in detections]
-        _check_results(results, categories, image_ids)
+        check_results(results, categories, image_ids)
     results = federated_filter(lvis_gt, results, max_dets)
 
     gt_dataset = copy.deepcopy(lvis_gt)
