@@ -7,6 +7,7 @@ only; the evaluator never touches it, so a stand-in module is installed when Ope
 import json
 import sys
 import types
+import warnings
 
 import numpy as np
 
@@ -38,6 +39,8 @@ def lvis_reference(lvis_gt: dict, results: list[dict], folder, max_dets: int = 3
     path = folder / "gt.json"
     path.write_text(json.dumps(lvis_gt))
     gt = lvis.LVIS(str(path))
-    evaluator = lvis.LVISEval(gt, lvis.LVISResults(gt, [dict(r) for r in results], max_dets), "bbox")
+    with warnings.catch_warnings():  # lvis calls the deprecated Logger.warn
+        warnings.simplefilter("ignore", DeprecationWarning)
+        evaluator = lvis.LVISEval(gt, lvis.LVISResults(gt, [dict(r) for r in results], max_dets), "bbox")
     evaluator.run()
     return {k: (float("nan") if v == -1 else float(v)) for k, v in evaluator.results.items()}

@@ -121,3 +121,27 @@ def test_per_class_and_scene_convenience():
     federated = evaluate_lvis_scenes(scenes, perfect, class_groups(scenes))
     assert federated["AP"] == pytest.approx(1.0)  # the extra true objects are of not-exhaustive classes: ignored
     assert set(oracle["per_class"]) == set(range(12))
+
+
+def test_evaluate_lvis_detector_runs_detect_in_eval_mode():
+    from kit.data.longtail_scenes import LongTailSceneConfig, generate
+    from kit.eval.lvis import evaluate_lvis_detector
+    scenes = generate(LongTailSceneConfig(30, image_size=32, num_classes=6, seed=8))
+
+    class Oracle(torch.nn.Module):  # answers the truth of the images it is shown, in order
+        def __init__(self):
+            super().__init__()
+            self.weight, self.seen, self.modes = torch.nn.Parameter(torch.zeros(1)), 0, []
+
+        def detect(self, images):
+            self.modes.append(self.training)
+            out = []
+            for _ in range(len(images)):
+                boxes, labels = scenes.targets(self.seen, truth=True)
+                out.append({"boxes": boxes, "scores": torch.ones(len(labels)), "labels": labels})
+                self.seen += 1
+            return out
+
+    model = Oracle().train()
+    metrics = evaluate_lvis_detector(model, scenes, truth=True, batch_size=8)
+    assert metrics["AP"] == pytest.approx(1.0) and model.modes == [False] * 4 and model.training
