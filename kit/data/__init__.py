@@ -10,10 +10,13 @@
 - :mod:`kit.data.emblem_scenes` — plain shapes whose class is a small off-centre emblem (P10, TSD);
   a crowded split.
 - :mod:`kit.data.finegrained` — classes that differ by one small marker (P30, DCAL).
+- :mod:`kit.data.longtail_scenes` — long-tailed (shape, hue family) classes with LVIS groups and the
+  federated annotation (verified negatives, not-exhaustive classes), LVIS json (P09, P16, P02).
 - :mod:`kit.data.raster` — the drawing maths the generators share: pixel centres, object frames,
   shape tests, HSV colours, textured backgrounds, discs, tight boxes.
 - :mod:`kit.data.dataset` — :class:`~kit.data.dataset.GeneratedDataset`, the base of every
   dataset (``len``, ``to``, ``subset``, ``batch``, ``batch_for``, ``batches``), and ``check_config``.
-- :mod:`kit.data.sampling` — ``epoch_sampler``: the indices of a training step, a pure function of it.
+- :mod:`kit.data.sampling` — ``epoch_sampler``: the indices of a training step, a pure function of it;
+  ``repeat_factor_sampler`` and ``class_aware_sampler`` for long-tailed sets.
 - :mod:`kit.data.cache` — the verified on-disk cache of generated tensors (CPU shape scenes).
 """
