@@ -32,9 +32,10 @@ setup: $(STAMP)
 
 # Installs the exact pins from the lock file, then the kit itself (editable, no deps).
 # The stamp is newer than both inputs after a successful install, so a second run does nothing.
-$(STAMP): requirements-lock.txt pyproject.toml
+$(STAMP): requirements-lock.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -r requirements-lock.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

@@ -9,7 +9,7 @@ import torch
 
 from kit.data.longtail_scenes import (LongTailSceneConfig, aux_view, class_groups, generate, image_counts,
                                       to_lvis)
-from kit.data.sampling import class_aware_sampler, repeat_factor_sampler, repeat_factors
+from kit.data.class_sampling import class_aware_sampler, repeat_factor_sampler, repeat_factors
 from kit.data.shapes import ShapeSceneConfig
 from kit.eval.lvis import evaluate_lvis_scenes, lvis_evaluate
 
@@ -67,7 +67,7 @@ BAD = [
     ("lvis: unknown label", lambda: lvis_evaluate(gt(), [det(labels=(5,))]), ValueError, r"no category of the ground truth"),
     ("lvis: boxes of shape (1, 5)", lambda: lvis_evaluate(gt(), [det(boxes=((0.0,) * 5,))]), ValueError, r"must have shape \(D, 4\)"),
     ("lvis: NaN result score", lambda: lvis_evaluate(gt(), [{"image_id": 0, "category_id": 0, "bbox": [0, 0, 1, 1], "score": NAN}]),
-     ValueError, r"score must be finite"),
+     ValueError, r"non-finite scores"),
     ("lvis: result of an unknown image", lambda: lvis_evaluate(gt(), [{"image_id": 3, "category_id": 0, "bbox": [0, 0, 1, 1], "score": 1}]),
      ValueError, r"image_id must be an image of the ground truth"),
     ("lvis scenes: too few detection sets", lambda: evaluate_lvis_scenes(SCENES, [det()]), ValueError,

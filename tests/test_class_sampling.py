@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from kit.data.sampling import class_aware_sampler, epoch_sampler, repeat_factor_sampler, repeat_factors
+from kit.data.class_sampling import class_aware_sampler, repeat_factor_sampler, repeat_factors
+from kit.data.sampling import epoch_sampler
 
 
 def long_tail_presence(n=200, c=6, seed=0):

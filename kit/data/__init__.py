@@ -16,7 +16,10 @@
   shape tests, HSV colours, textured backgrounds, discs, tight boxes.
 - :mod:`kit.data.dataset` — :class:`~kit.data.dataset.GeneratedDataset`, the base of every
   dataset (``len``, ``to``, ``subset``, ``batch``, ``batch_for``, ``batches``), and ``check_config``.
-- :mod:`kit.data.sampling` — ``epoch_sampler``: the indices of a training step, a pure function of it;
-  ``repeat_factor_sampler`` and ``class_aware_sampler`` for long-tailed sets.
+- :mod:`kit.data.sampling` — ``epoch_sampler``: the indices of a training step, a pure function of it.
+- :mod:`kit.data.class_sampling` — ``repeat_factor_sampler`` (LVIS) and ``class_aware_sampler`` for
+  long-tailed sets, pure functions of the step too.
+- :mod:`kit.data.shape_drawing` — the shape scenes' drawing steps as public functions (sample,
+  occlude, paint, pack), which the long-tail generator reuses.
 - :mod:`kit.data.cache` — the verified on-disk cache of generated tensors (CPU shape scenes).
 """

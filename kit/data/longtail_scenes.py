@@ -39,7 +39,8 @@ from torchvision.ops import box_convert
 
 from kit.data import cache
 from kit.data.dataset import GeneratedDataset, check_config
-from kit.data.shapes import BLOCK, CLASS_HUES, SHAPES, ShapeSceneConfig, draw_objects, sample_objects
+from kit.data.shape_drawing import draw_objects, sample_objects
+from kit.data.shapes import BLOCK, CLASS_HUES, SHAPES, ShapeSceneConfig
 
 MAX_FAMILIES = 3
 GROUPS = ("r", "c", "f")

@@ -12,10 +12,6 @@ Everything is drawn with tensor ops over a pixel grid (:mod:`kit.data.raster`), 
 block at once, so the same code generates on the GPU (``device="cuda"``) for the gpu profile. On the CPU the result is
 cached under ``data/cache/`` (:mod:`kit.data.cache`): same parameters and same generator
 source, same tensors.
-
-Long because the drawing steps (sampling, masks, occlusion, paint, packing) share one slot layout
-and one generator stream; :func:`sample_objects` and :func:`draw_objects` are the steps other
-generators reuse (:mod:`kit.data.longtail_scenes`).
 """
 from __future__ import annotations
 
@@ -129,28 +125,19 @@ def _render(config: ShapeSceneConfig, device) -> dict[str, torch.Tensor]:
 
 def _render_block(config: ShapeSceneConfig, n: int, generator, device) -> dict[str, torch.Tensor]:
     """Draw ``n`` images: objects, occlusion, paint, then the annotations of what stayed visible."""
-    objects = sample_objects(config, n, generator, device)
-    labelled = None  # objects of classes this dataset does not label stay in the image, unannotated
+    objects = _sample_objects(config, n, generator, device)
+    full = _full_masks(objects, config.image_size)
+    keep, visible, boxes = _occlude(full, objects["present"], config.min_visible)
+    images = _paint(config, objects["shape_id"], visible, generator, device)
+    # Objects of classes this dataset does not label stay in the image but get no annotation.
     if config.labelled_classes is not None:
         labelled = torch.zeros(config.num_classes, dtype=torch.bool, device=device)
         labelled[list(config.labelled_classes)] = True
-    return draw_objects(config, objects, generator, device, labelled=labelled)
-
-
-def draw_objects(config: ShapeSceneConfig, objects: dict, generator, device, labels=None, base_hue=None,
-                 labelled=None) -> dict[str, torch.Tensor]:
-    """Occlude and paint :func:`sample_objects`' objects, then annotate what stayed visible: images,
-    boxes, labels, masks, areas. ``labels`` (n, K) replaces the shape ids as labels, ``base_hue``
-    (n, K) the class hues, ``labelled`` (classes,) bool leaves the other classes unannotated."""
-    full = _full_masks(objects, config.image_size)
-    keep, visible, boxes = _occlude(full, objects["present"], config.min_visible)
-    images = _paint(config, objects["shape_id"], visible, generator, device, base_hue)
-    if labelled is not None:
         keep = keep & labelled[objects["shape_id"]]
-    return dict(images=images, **_pack(keep, objects["shape_id"] if labels is None else labels, visible, boxes))
+    return dict(images=images, **_pack(keep, objects["shape_id"], visible, boxes))
 
 
-def sample_objects(config: ShapeSceneConfig, n: int, generator, device) -> dict[str, torch.Tensor]:
+def _sample_objects(config: ShapeSceneConfig, n: int, generator, device) -> dict[str, torch.Tensor]:
     """Object parameters, one slot per possible object: (n, K) each; sizes and centres in pixels."""
     size, k = config.image_size, config.max_objects
     count = torch.randint(config.min_objects, k + 1, (n, 1), generator=generator, device=device)
@@ -219,15 +206,14 @@ def _occlude(full: torch.Tensor, present: torch.Tensor, min_visible: float):
     return keep, visible, boxes
 
 
-def _paint(config: ShapeSceneConfig, shape_id, visible, generator, device, base_hue=None) -> torch.Tensor:
+def _paint(config: ShapeSceneConfig, shape_id, visible, generator, device) -> torch.Tensor:
     """Images (n, 3, H, W) uint8: a textured background with every visible mask in its colour.
 
-    Colours are the class hue (or ``base_hue`` (n, K)) with jitter, or any hue; bright and saturated.
+    Colours are the class hue with jitter (or any hue), bright and saturated enough to stand out.
     """
     n, k, size = *shape_id.shape, config.image_size
     if config.color_by_class:
-        hue = CLASS_HUES.to(device)[shape_id] if base_hue is None else base_hue
-        hue = (hue + uniform(generator, -0.04, 0.04, (n, k), device)) % 1
+        hue = (CLASS_HUES.to(device)[shape_id] + uniform(generator, -0.04, 0.04, (n, k), device)) % 1
     else:
         hue = torch.rand((n, k), generator=generator, device=device)
     colour = hsv_to_rgb(hue, uniform(generator, 0.55, 1.0, (n, k), device),

@@ -84,7 +84,7 @@ def detections_to_coco(detections: list[dict], image_ids: list[int] | None = Non
     return results
 
 
-def check_results(results: list, category_ids: list[int], image_ids: list[int]) -> None:
+def _check_results(results: list, category_ids: list[int], image_ids: list[int]) -> None:
     """Ready COCO result dicts: each has image_id, category_id, bbox [x, y, w, h], score; the
     ids are known, bbox and score finite, w and h >= 0. Checked as arrays, not one by one."""
     if not results:
@@ -142,7 +142,7 @@ def coco_evaluate(coco_gt: dict, detections: list[dict] | list, image_size: int,
         results = detections_to_coco(detections, ids, known)
     else:
         results = list(detections)
-        check_results(results, known, known_images)
+        _check_results(results, known, known_images)
     quiet = contextlib.redirect_stdout(io.StringIO())
     with quiet:
         gt = COCO()

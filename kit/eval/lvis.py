@@ -23,8 +23,9 @@ import copy
 import io
 
 import numpy as np
+import torch
 
-from kit.eval.coco import check_results, detections_to_coco
+from kit.eval.coco import detections_to_coco
 
 METRICS = ("AP", "AP50", "AP75", "APr", "APc", "APf")
 
@@ -105,8 +106,7 @@ def lvis_evaluate(lvis_gt: dict, detections: list, max_dets: int = 300,
             raise ValueError(f"{len(detections)} detection sets for {len(image_ids)} images; need one per image")
         results = detections_to_coco(detections, image_ids, categories)
     else:
-        results = [dict(r) for r in detections]
-        check_results(results, categories, image_ids)
+        results = detections_to_coco(_results_as_detections(detections, image_ids), image_ids, categories)
     results = federated_filter(lvis_gt, results, max_dets)
 
     gt_dataset = copy.deepcopy(lvis_gt)
@@ -131,6 +131,31 @@ def lvis_evaluate(lvis_gt: dict, detections: list, max_dets: int = 300,
             precision = np.where(has_gt[None, None], 0.0, -1.0) * np.ones((10, 101, 1))
     return _summarise(precision, lvis_gt, categories, per_class)
 
+
+
+def _results_as_detections(results: list, image_ids: list[int]) -> list[dict]:
+    """Ready result dicts ``{image_id, category_id, bbox [x, y, w, h], score}`` -> one kit detection
+    dict per image of ``image_ids`` (``{boxes (D, 4) xyxy, scores (D,), labels (D,)}``), which
+    :func:`kit.eval.coco.detections_to_coco` checks (finite boxes and scores, known categories)."""
+    fields = ("image_id", "category_id", "bbox", "score")
+    per_image = {image: [] for image in image_ids}
+    for index, result in enumerate(results):
+        if not isinstance(result, dict) or not set(fields) <= set(result):
+            raise ValueError(f"results[{index}] must be a dict with {list(fields)} (or pass per-image dicts with "
+                             f"boxes, scores, labels), got {result!r:.200}")
+        if result["image_id"] not in per_image:
+            raise ValueError(f"results[{index}] has image_id {result['image_id']!r}; image_id must be an image of "
+                             f"the ground truth")
+        x, y, w, h = (float(v) for v in result["bbox"])
+        if w < 0 or h < 0:
+            raise ValueError(f"results[{index}] has bbox {result['bbox']!r}; bbox must be [x, y, w, h] with w >= 0 "
+                             f"and h >= 0")
+        per_image[result["image_id"]].append((x, y, x + w, y + h, float(result["score"]), int(result["category_id"])))
+    detections = []
+    for image in image_ids:
+        rows = torch.tensor(per_image[image], dtype=torch.float64).reshape(-1, 6)  # (D, 6)
+        detections.append({"boxes": rows[:, :4], "scores": rows[:, 4], "labels": rows[:, 5].long()})
+    return detections
 
 def _mean_valid(p: np.ndarray) -> float:
     return float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
