@@ -157,6 +157,7 @@ def _results_as_detections(results: list, image_ids: list[int]) -> list[dict]:
         detections.append({"boxes": rows[:, :4], "scores": rows[:, 4], "labels": rows[:, 5].long()})
     return detections
 
+
 def _mean_valid(p: np.ndarray) -> float:
     return float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
 
