@@ -1,0 +1,124 @@
+"""Centre-heatmap targets, per-task losses and decoding for BEV boxes (the P25 detector's head side).
+
+CenterNet / CenterPoint style: each object is a Gaussian peak at its centre cell in its class's
+heatmap; the box branch regresses, at the centre cell only, the sub-cell offset, log width and
+length, and (sin, cos) of the yaw. The heatmap loss is the penalty-reduced focal loss of CornerNet.
+
+Per *task* (a group of :mod:`kit.det.grouped_heads`), as Det3D's ``MultiGroupHead`` does: the
+heatmap loss over the task's channels and the box loss over the task's objects are both divided by
+the task's own number of objects, and the task losses are summed. With one task this is the usual
+single-head loss. Decoding takes, per task, the local maxima (3x3) of each class's heatmap, maps the
+task-local class to the global one (the merge's label offset), and keeps no cross-task NMS.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kit.det.bev_detector import BEVGrid
+from kit.det.grouped_heads import global_labels
+
+
+def check_boxes(boxes: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 3 or boxes.shape[-1] != 5:
+        raise ValueError(f"boxes must be (B, M, 5) (x, y, w, l, yaw), got "
+                         f"{tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__}")
+    if labels.shape != boxes.shape[:2] or labels.dtype != torch.long:
+        raise ValueError(f"labels must be (B, M) long matching boxes, got {tuple(labels.shape)} {labels.dtype}")
+    valid = labels >= 0
+    if bool((labels[valid] >= num_classes).any()) or bool((labels < -1).any()):
+        raise ValueError(f"labels must be class ids in [0, {num_classes}) or -1 (padding)")
+    if not bool(torch.isfinite(boxes[valid]).all()) or bool((boxes[valid][:, 2:4] <= 0).any()):
+        raise ValueError("boxes must be finite with width and length > 0")
+
+
+def center_targets(boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGrid, num_classes: int,
+                   min_radius: int = 1) -> dict:
+    """Heatmap targets (B, C, H, W) and, per object inside the grid, its cell and box targets.
+
+    boxes (B, M, 5), labels (B, M) (-1 = padding). Returns ``heat`` (B, C, H, W); ``batch``,
+    ``label``, ``i``, ``j`` (K,) long; ``box`` (K, 6): offset x, offset y, log w, log l, sin, cos.
+    The Gaussian of an object has sigma = (2r + 1) / 6 cells, r = max(min_radius, 0.25 * min(w, l) / cell).
+    """
+    check_boxes(boxes, labels, num_classes)
+    cells = grid.cells
+    batch, slot = (labels >= 0).nonzero(as_tuple=True)  # (K,) each
+    box, label = boxes[batch, slot], labels[batch, slot]  # (K, 5), (K,)
+    coords = grid.cell_coordinates(box[:, :2])  # (K, 2)
+    inside = ((coords >= 0) & (coords < cells)).all(1)
+    batch, box, label, coords = batch[inside], box[inside], label[inside], coords[inside]
+    cell = coords.floor().long()  # (K, 2)
+    radius = (0.25 * box[:, 2:4].min(1).values / grid.cell).floor().clamp(min=min_radius)  # (K,)
+    sigma = (2 * radius + 1) / 6
+    axis = torch.arange(cells, device=boxes.device, dtype=boxes.dtype)
+    dx = (axis[None, :] - cell[:, :1]) ** 2  # (K, H)
+    dy = (axis[None, :] - cell[:, 1:]) ** 2  # (K, W)
+    gauss = torch.exp(-(dx[:, :, None] + dy[:, None, :]) / (2 * sigma[:, None, None] ** 2))  # (K, H, W)
+    heat = boxes.new_zeros(labels.shape[0] * num_classes, cells * cells)
+    row = (batch * num_classes + label)[:, None].expand(-1, cells * cells)
+    heat = heat.scatter_reduce(0, row, gauss.flatten(1), "amax", include_self=True)
+    target_box = torch.cat([coords - cell, box[:, 2:4].log(), box[:, 4:5].sin(), box[:, 4:5].cos()], 1)  # (K, 6)
+    return {"heat": heat.view(labels.shape[0], num_classes, cells, cells), "batch": batch, "label": label,
+            "i": cell[:, 0], "j": cell[:, 1], "box": target_box}
+
+
+def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CornerNet's penalty-reduced focal loss (alpha 2, beta 4), summed (divide by the objects yourself)."""
+    p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    positive = target >= 1 - 1e-6
+    pos = -((1 - p) ** 2 * p.log())[positive].sum()
+    neg = -((1 - target) ** 4 * p ** 2 * (1 - p).log())[~positive].sum()
+    return pos + neg
+
+
+def grouped_loss(heat_logits: torch.Tensor, box_maps: torch.Tensor, targets: dict, groups,
+                 box_weight: float = 0.5) -> dict:
+    """Per-task losses: {"heat <g>": ..., "box <g>": ...}, each divided by the task's objects (at least 1).
+
+    heat_logits (B, C, H, W), box_maps (B, G, 6, H, W), targets from :func:`center_targets`.
+    """
+    if box_maps.shape[1] != len(groups):
+        raise ValueError(f"box_maps has {box_maps.shape[1]} task maps, groups has {len(groups)} tasks")
+    losses = {}
+    heat = targets["heat"].to(heat_logits.dtype)
+    for g, classes in enumerate(groups):
+        channel = torch.tensor(classes, device=heat_logits.device)
+        mine = torch.isin(targets["label"], channel)  # (K,) the task's objects
+        objects = max(1, int(mine.sum()))
+        losses[f"heat {g}"] = focal_heatmap_loss(heat_logits[:, channel].float(), heat[:, channel].float()) / objects
+        b, i, j = targets["batch"][mine], targets["i"][mine], targets["j"][mine]
+        predicted = box_maps[b, g, :, i, j].float()  # (K_g, 6)
+        losses[f"box {g}"] = box_weight * F.l1_loss(predicted, targets["box"][mine].float(), reduction="sum") / objects
+    return losses
+
+
+@torch.no_grad()
+def decode(heat_logits: torch.Tensor, box_maps: torch.Tensor, groups, grid: BEVGrid, per_class: int = 20,
+           min_score: float = 0.05) -> list[dict]:
+    """Detections per scene: {"xy" (n, 2), "wl" (n, 2), "yaw" (n,), "score" (n,), "label" (n,)} on the CPU.
+
+    Per task and class: the 3x3 local maxima of the sigmoid heatmap, the ``per_class`` best above
+    ``min_score``; task-local labels mapped to global ones; no NMS across tasks.
+    """
+    scores = heat_logits.float().sigmoid()
+    peaks = scores * (F.max_pool2d(scores, 3, stride=1, padding=1) == scores)  # (B, C, H, W)
+    batch_size, _, cells, _ = scores.shape
+    k = min(per_class, cells * cells)
+    out = [{"xy": [], "wl": [], "yaw": [], "score": [], "label": []} for _ in range(batch_size)]
+    for g, table in enumerate(global_labels(groups)):
+        local = peaks[:, table.to(peaks.device)]  # (B, n_g, H, W)
+        top, index = local.flatten(2).topk(k, dim=2)  # (B, n_g, k)
+        i, j = index // cells, index % cells
+        box = box_maps[:, g].float().flatten(2)  # (B, 6, H*W)
+        picked = box.gather(2, index.flatten(1)[:, None].expand(-1, 6, -1))  # (B, 6, n_g*k)
+        centre = torch.stack([i, j], -1).flatten(1, 2) + picked[:, :2].transpose(1, 2)  # (B, n_g*k, 2) cells
+        xy = centre * grid.cell - grid.extent
+        labels = table.to(peaks.device)[None, :, None].expand_as(top).flatten(1)  # task-local -> global
+        for b in range(batch_size):
+            keep = top[b].flatten() >= min_score
+            out[b]["xy"].append(xy[b][keep])
+            out[b]["wl"].append(picked[b, 2:4].T[keep].exp())
+            out[b]["yaw"].append(torch.atan2(picked[b, 4], picked[b, 5])[keep])
+            out[b]["score"].append(top[b].flatten()[keep])
+            out[b]["label"].append(labels[b][keep])
+    return [{key: torch.cat(parts).cpu() for key, parts in scene.items()} for scene in out]
