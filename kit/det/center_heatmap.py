@@ -63,12 +63,13 @@ def center_targets(boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGrid, num
 
 
 def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CornerNet's penalty-reduced focal loss (alpha 2, beta 4), summed (divide by the objects yourself)."""
-    p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    """CornerNet's penalty-reduced focal loss (alpha 2, beta 4) per class: (B, C, H, W) -> (C,) sums."""
+    p = logits.float().sigmoid().clamp(1e-4, 1 - 1e-4)
+    target = target.float()
     positive = target >= 1 - 1e-6
-    pos = -((1 - p) ** 2 * p.log())[positive].sum()
-    neg = -((1 - target) ** 4 * p ** 2 * (1 - p).log())[~positive].sum()
-    return pos + neg
+    pos = -(1 - p) ** 2 * p.log()
+    neg = -(1 - target) ** 4 * p ** 2 * (1 - p).log()
+    return torch.where(positive, pos, neg).sum((0, 2, 3))
 
 
 def grouped_loss(heat_logits: torch.Tensor, box_maps: torch.Tensor, targets: dict, groups,
@@ -79,16 +80,21 @@ def grouped_loss(heat_logits: torch.Tensor, box_maps: torch.Tensor, targets: dic
     """
     if box_maps.shape[1] != len(groups):
         raise ValueError(f"box_maps has {box_maps.shape[1]} task maps, groups has {len(groups)} tasks")
-    losses = {}
-    heat = targets["heat"].to(heat_logits.dtype)
+    num_classes = heat_logits.shape[1]
+    group_of = torch.zeros(num_classes, dtype=torch.long, device=heat_logits.device)
     for g, classes in enumerate(groups):
-        channel = torch.tensor(classes, device=heat_logits.device)
-        mine = torch.isin(targets["label"], channel)  # (K,) the task's objects
-        objects = max(1, int(mine.sum()))
-        losses[f"heat {g}"] = focal_heatmap_loss(heat_logits[:, channel].float(), heat[:, channel].float()) / objects
-        b, i, j = targets["batch"][mine], targets["i"][mine], targets["j"][mine]
-        predicted = box_maps[b, g, :, i, j].float()  # (K_g, 6)
-        losses[f"box {g}"] = box_weight * F.l1_loss(predicted, targets["box"][mine].float(), reduction="sum") / objects
+        group_of[list(classes)] = g
+    heat_per_class = focal_heatmap_loss(heat_logits, targets["heat"])  # (C,)
+    task = group_of[targets["label"]]  # (K,) the task of each object
+    predicted = box_maps[targets["batch"], task, :, targets["i"], targets["j"]].float()  # (K, 6) its task's box
+    box_per_object = (predicted - targets["box"].float()).abs().sum(1)  # (K,)
+    heat_per_task = heat_logits.new_zeros(len(groups), dtype=torch.float32).index_add(0, group_of, heat_per_class)
+    box_per_task = box_per_object.new_zeros(len(groups)).index_add(0, task, box_per_object)
+    objects = torch.bincount(task, minlength=len(groups)).clamp(min=1).float()  # (G,)
+    losses = {}
+    for g in range(len(groups)):
+        losses[f"heat {g}"] = heat_per_task[g] / objects[g]
+        losses[f"box {g}"] = box_weight * box_per_task[g] / objects[g]
     return losses
 
 
