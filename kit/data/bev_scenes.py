@@ -99,8 +99,22 @@ class BEVScenes:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    def _checked(self, indices, allow_empty: bool = False) -> torch.Tensor:
+        indices = torch.as_tensor(indices).cpu()
+        if indices.numel() == 0:
+            indices = indices.long().reshape(0)
+        if indices.dim() != 1 or indices.is_floating_point() or indices.dtype == torch.bool:
+            raise ValueError(f"indices must be a 1-D sequence of int scene ids, got {indices.dtype} {tuple(indices.shape)}")
+        if not allow_empty and len(indices) == 0:
+            raise ValueError("a batch needs at least one scene index")
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
+            raise IndexError(f"scene indices must be in [0, {len(self)}), got [{int(indices.min())}, {int(indices.max())}]")
+        return indices.long()
+
     def scene_points(self, index: int) -> torch.Tensor:
         """(P_i, 4) points of scene ``index``."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self):
+            raise IndexError(f"scene index must be an int in [0, {len(self)}), got {index!r}")
         return self.points[self.point_offsets[index]:self.point_offsets[index + 1]]
 
     def presence(self) -> torch.Tensor:
@@ -115,7 +129,7 @@ class BEVScenes:
 
     def subset(self, indices) -> "BEVScenes":
         """The scenes ``indices`` (in that order, repeats allowed), same config."""
-        indices = torch.as_tensor(indices, dtype=torch.long)
+        indices = self._checked(indices, allow_empty=True)
         starts, ends = self.point_offsets[indices], self.point_offsets[indices + 1]
         points = torch.cat([self.points[s:e] for s, e in zip(starts.tolist(), ends.tolist())]) if len(indices) else \
             self.points[:0]
@@ -125,7 +139,7 @@ class BEVScenes:
 
     def batch(self, indices, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scenes ``indices`` for a detector: points (P, 4), batch_index (P,) long, boxes (B, M, 5), labels (B, M)."""
-        indices = torch.as_tensor(indices, dtype=torch.long).cpu()
+        indices = self._checked(indices)
         starts, ends = self.point_offsets[indices].tolist(), self.point_offsets[indices + 1].tolist()
         points = torch.cat([self.points[s:e] for s, e in zip(starts, ends)])
         batch_index = torch.repeat_interleave(torch.arange(len(indices)), torch.tensor(ends) - torch.tensor(starts))
@@ -142,12 +156,14 @@ class BEVScenes:
 
 def box_corners(x: float, y: float, w: float, l: float, yaw: float) -> np.ndarray:
     """(4, 2) corners, counter-clockwise: front-left, rear-left, rear-right, front-right."""
+    if not all(math.isfinite(float(v)) for v in (x, y, w, l, yaw)) or not (w > 0 and l > 0):
+        raise ValueError(f"a box needs finite x, y, yaw and width, length > 0 (metres), got {(x, y, w, l, yaw)}")
     c, s = math.cos(yaw), math.sin(yaw)
     local = np.array([[l / 2, w / 2], [-l / 2, w / 2], [-l / 2, -w / 2], [l / 2, -w / 2]])  # (4, 2) in the box frame
     return local @ np.array([[c, s], [-s, c]]) + np.array([x, y])
 
 
-def face_points(box: tuple, height: float, density: float, min_points: int, rng: np.random.Generator) -> np.ndarray:
+def _face_points(box: tuple, height: float, density: float, min_points: int, rng: np.random.Generator) -> np.ndarray:
     """(n, 3) points (x, y, z) on the faces of ``box`` (x, y, w, l, yaw) that face the sensor at the origin."""
     corners = box_corners(*box)
     starts, ends = corners, np.roll(corners, -1, axis=0)  # (4, 2) each: the 4 side faces
@@ -164,7 +180,7 @@ def face_points(box: tuple, height: float, density: float, min_points: int, rng:
     return np.concatenate([xy, z[:, None]], 1) + rng.normal(0, 0.03, (count, 3))
 
 
-def place_objects(config: BEVSceneConfig, rng: np.random.Generator) -> tuple[list, list]:
+def _place_objects(config: BEVSceneConfig, rng: np.random.Generator) -> tuple[list, list]:
     """Boxes (x, y, w, l, yaw) and class ids of one scene, without overlaps (discs around each box)."""
     weights = np.array([INSTANCE_SHARE[c] / (MEAN_ROW if c in ROW_CLASSES else 1) for c in CLASSES])
     boxes, labels, discs = [], [], []  # discs: (x, y, radius)
@@ -189,7 +205,7 @@ def place_objects(config: BEVSceneConfig, rng: np.random.Generator) -> tuple[lis
     return boxes, labels
 
 
-def clutter(config: BEVSceneConfig, rng: np.random.Generator) -> np.ndarray:
+def _clutter(config: BEVSceneConfig, rng: np.random.Generator) -> np.ndarray:
     """(n, 4) ground returns (denser near the sensor) and vegetation/pole blobs, with intensities."""
     radius = config.extent * np.sqrt(rng.random(config.ground_points)) ** 2  # area density ~ 1/r
     angle = rng.uniform(-math.pi, math.pi, config.ground_points)
@@ -206,13 +222,13 @@ def clutter(config: BEVSceneConfig, rng: np.random.Generator) -> np.ndarray:
     return points[inside]
 
 
-def draw_scene(config: BEVSceneConfig, rng: np.random.Generator) -> tuple[np.ndarray, list, list, list]:
+def _draw_scene(config: BEVSceneConfig, rng: np.random.Generator) -> tuple[np.ndarray, list, list, list]:
     """Points (P, 4), boxes, labels and points per box of one scene."""
-    boxes, labels = place_objects(config, rng)
-    parts, counts = [clutter(config, rng)], []
+    boxes, labels = _place_objects(config, rng)
+    parts, counts = [_clutter(config, rng)], []
     for box, label in zip(boxes, labels):
         name = CLASSES[label]
-        xyz = face_points(box, SIZES[name][2], config.density, config.min_points, rng)
+        xyz = _face_points(box, SIZES[name][2], config.density, config.min_points, rng)
         mean, std = INTENSITY[name]
         intensity = np.clip(rng.normal(mean, std, (len(xyz), 1)), 0, 1)
         parts.append(np.concatenate([xyz, intensity], 1))
@@ -220,10 +236,10 @@ def draw_scene(config: BEVSceneConfig, rng: np.random.Generator) -> tuple[np.nda
     return np.concatenate(parts).astype(np.float32), boxes, labels, counts
 
 
-def render(config: BEVSceneConfig) -> dict[str, torch.Tensor]:
+def _render(config: BEVSceneConfig) -> dict[str, torch.Tensor]:
     """All scenes of ``config`` as the flat tensors of :class:`BEVScenes`."""
     rng = np.random.default_rng(config.seed)
-    scenes = [draw_scene(config, rng) for _ in range(config.num_scenes)]
+    scenes = [_draw_scene(config, rng) for _ in range(config.num_scenes)]
     most = max(1, max(len(s[2]) for s in scenes))
     boxes = torch.zeros(config.num_scenes, most, 5)
     labels = torch.full((config.num_scenes, most), -1, dtype=torch.long)
@@ -244,6 +260,6 @@ def generate(config: BEVSceneConfig, use_cache: bool = True) -> BEVScenes:
     if not isinstance(config, BEVSceneConfig):
         raise TypeError(f"config must be a BEVSceneConfig, got {type(config).__name__}")
     if not use_cache:
-        return BEVScenes(config, **render(config))
+        return BEVScenes(config, **_render(config))
     params = {"generator": "bev_scenes", "source": cache.source_hash(__name__), **asdict(config)}
-    return BEVScenes(config, **cache.cached("bev_scenes", params, lambda: render(config)))
+    return BEVScenes(config, **cache.cached("bev_scenes", params, lambda: _render(config)))

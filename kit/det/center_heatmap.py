@@ -16,20 +16,34 @@ import torch
 import torch.nn.functional as F
 
 from kit.det.bev_detector import BEVGrid
-from kit.det.grouped_heads import global_labels
+from kit.det.grouped_heads import REGRESSION, check_groups, global_labels
 
 
 def check_boxes(boxes: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
     if not isinstance(boxes, torch.Tensor) or boxes.dim() != 3 or boxes.shape[-1] != 5:
         raise ValueError(f"boxes must be (B, M, 5) (x, y, w, l, yaw), got "
                          f"{tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__}")
-    if labels.shape != boxes.shape[:2] or labels.dtype != torch.long:
-        raise ValueError(f"labels must be (B, M) long matching boxes, got {tuple(labels.shape)} {labels.dtype}")
+    if not boxes.is_floating_point():
+        raise TypeError(f"boxes must be float (metres), got {boxes.dtype}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != boxes.shape[:2] or labels.dtype != torch.long:
+        raise ValueError(f"labels must be (B, M) long matching boxes, got "
+                         f"{getattr(labels, 'shape', type(labels).__name__)} {getattr(labels, 'dtype', '')}")
     valid = labels >= 0
     if bool((labels[valid] >= num_classes).any()) or bool((labels < -1).any()):
         raise ValueError(f"labels must be class ids in [0, {num_classes}) or -1 (padding)")
     if not bool(torch.isfinite(boxes[valid]).all()) or bool((boxes[valid][:, 2:4] <= 0).any()):
         raise ValueError("boxes must be finite with width and length > 0")
+
+
+def check_maps(heat_logits: torch.Tensor, box_maps: torch.Tensor, groups) -> None:
+    """heat (B, C, H, W) and box maps (B, G, 6, H, W) of one batch, G = len(groups), C classes in the groups."""
+    if not isinstance(heat_logits, torch.Tensor) or heat_logits.dim() != 4:
+        raise ValueError(f"heat_logits must be (B, C, H, W), got {getattr(heat_logits, 'shape', type(heat_logits).__name__)}")
+    groups = check_groups(groups, heat_logits.shape[1])
+    b, _, h, w = heat_logits.shape
+    if not isinstance(box_maps, torch.Tensor) or tuple(box_maps.shape) != (b, len(groups), REGRESSION, h, w):
+        raise ValueError(f"box_maps must be (B, G, 6, H, W) = {(b, len(groups), REGRESSION, h, w)} for these heatmaps "
+                         f"and {len(groups)} tasks, got {getattr(box_maps, 'shape', type(box_maps).__name__)}")
 
 
 def center_targets(boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGrid, num_classes: int,
@@ -40,6 +54,8 @@ def center_targets(boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGrid, num
     ``label``, ``i``, ``j`` (K,) long; ``box`` (K, 6): offset x, offset y, log w, log l, sin, cos.
     The Gaussian of an object has sigma = (2r + 1) / 6 cells, r = max(min_radius, 0.25 * min(w, l) / cell).
     """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     check_boxes(boxes, labels, num_classes)
     cells = grid.cells
     batch, slot = (labels >= 0).nonzero(as_tuple=True)  # (K,) each
@@ -78,8 +94,7 @@ def grouped_loss(heat_logits: torch.Tensor, box_maps: torch.Tensor, targets: dic
 
     heat_logits (B, C, H, W), box_maps (B, G, 6, H, W), targets from :func:`center_targets`.
     """
-    if box_maps.shape[1] != len(groups):
-        raise ValueError(f"box_maps has {box_maps.shape[1]} task maps, groups has {len(groups)} tasks")
+    check_maps(heat_logits, box_maps, groups)
     num_classes = heat_logits.shape[1]
     group_of = torch.zeros(num_classes, dtype=torch.long, device=heat_logits.device)
     for g, classes in enumerate(groups):
@@ -106,6 +121,11 @@ def decode(heat_logits: torch.Tensor, box_maps: torch.Tensor, groups, grid: BEVG
     Per task and class: the 3x3 local maxima of the sigmoid heatmap, the ``per_class`` best above
     ``min_score``; task-local labels mapped to global ones; no NMS across tasks.
     """
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be an int >= 1 (peaks kept per class and scene), got {per_class!r}")
+    if not (0 <= min_score <= 1):
+        raise ValueError(f"min_score must be in [0, 1], got {min_score!r}")
+    check_maps(heat_logits, box_maps, groups)
     scores = heat_logits.float().sigmoid()
     peaks = scores * (F.max_pool2d(scores, 3, stride=1, padding=1) == scores)  # (B, C, H, W)
     batch_size, _, cells, _ = scores.shape

@@ -37,6 +37,8 @@ def check_groups(groups, num_classes: int) -> tuple[tuple[int, ...], ...]:
 
 def global_labels(groups) -> list[torch.Tensor]:
     """Per group, (n_g,) long: the global class of each task-local class (the merge's label table)."""
+    groups = check_groups(groups, sum(len(g) for g in groups) if isinstance(groups, (tuple, list)) and all(
+        isinstance(g, (tuple, list)) for g in groups) else 0)
     return [torch.tensor(g, dtype=torch.long) for g in groups]
 
 
@@ -71,6 +73,10 @@ class GroupedHeads(nn.Module):
         self.register_buffer("group_of", group_of, persistent=False)  # (C,) the task of each class
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        expected = self.heads[0].heat.in_channels
+        if not isinstance(features, torch.Tensor) or features.dim() != 4 or features.shape[1] != expected:
+            raise ValueError(f"features must be (B, {expected}, H, W), got "
+                             f"{tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__}")
         outputs = [head(features) for head in self.heads]
         order = torch.tensor([c for g in self.groups for c in g], device=features.device)
         stacked = torch.cat([heat for heat, _ in outputs], 1)  # (B, C, H, W) in group order

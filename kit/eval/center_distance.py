@@ -53,8 +53,16 @@ def check_inputs(gt_xy, gt_sample, pred_xy, pred_score, pred_sample):
     return gt_xy, gt_sample, pred_xy, pred_score, pred_sample
 
 
+def check_threshold(threshold) -> None:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be a finite distance > 0 (metres), got {threshold!r}")
+
+
 def match(gt_xy, gt_sample, pred_xy, pred_score, pred_sample, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """(order, tp): predictions in the devkit's order, and whether each (in that order) is a TP."""
+    check_threshold(threshold)
+    gt_xy, gt_sample, pred_xy, pred_score, pred_sample = check_inputs(gt_xy, gt_sample, pred_xy, pred_score,
+                                                                      pred_sample)
     order = np.lexsort((np.arange(len(pred_score)), pred_score))[::-1]  # score desc, ties: later first
     tp = np.zeros(len(order), dtype=bool)
     rank = np.empty(len(order), dtype=np.int64)
@@ -76,6 +84,11 @@ def match(gt_xy, gt_sample, pred_xy, pred_score, pred_sample, threshold: float) 
 
 def precision_at_recalls(tp: np.ndarray, num_gt: int) -> np.ndarray:
     """(101,) precision at recall 0, 0.01, ..., 1 (``np.interp``, 0 beyond the last recall)."""
+    tp = np.asarray(tp)
+    if tp.ndim != 1 or (tp.size and tp.dtype != bool):
+        raise TypeError(f"tp must be a 1-D bool array (one flag per prediction, in score order), got {tp.dtype} {tp.shape}")
+    if isinstance(num_gt, bool) or not isinstance(num_gt, (int, np.integer)) or num_gt < 0 or int(tp.sum()) > num_gt:
+        raise ValueError(f"num_gt must be an int >= the number of true positives ({int(tp.sum())}), got {num_gt!r}")
     if num_gt == 0 or len(tp) == 0 or not tp.any():
         return np.zeros(len(RECALLS))
     true_positives = np.cumsum(tp)
@@ -89,6 +102,9 @@ def average_precision(precision: np.ndarray, min_recall: float = 0.1, min_precis
     """The devkit's ``calc_ap`` on a (101,) precision curve."""
     if not (0 <= min_recall < 1 and 0 <= min_precision < 1):
         raise ValueError(f"min_recall and min_precision must be in [0, 1), got {min_recall}, {min_precision}")
+    precision = np.asarray(precision)
+    if precision.shape != RECALLS.shape or not np.isfinite(precision).all():
+        raise ValueError(f"precision must be a finite (101,) curve (precision_at_recalls), got shape {precision.shape}")
     kept = np.asarray(precision, dtype=np.float64)[round(100 * min_recall) + 1:] - min_precision
     return float(np.mean(np.clip(kept, 0, None)) / (1 - min_precision))
 
@@ -96,12 +112,8 @@ def average_precision(precision: np.ndarray, min_recall: float = 0.1, min_precis
 def class_ap(gt_xy, gt_sample, pred_xy, pred_score, pred_sample, threshold: float, min_recall: float = 0.1,
              min_precision: float = 0.1) -> float:
     """AP of one class at one centre-distance threshold (metres); see the module docstring."""
-    if not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be a finite distance > 0 (metres), got {threshold!r}")
-    gt_xy, gt_sample, pred_xy, pred_score, pred_sample = check_inputs(gt_xy, gt_sample, pred_xy, pred_score,
-                                                                      pred_sample)
     _, tp = match(gt_xy, gt_sample, pred_xy, pred_score, pred_sample, threshold)
-    return average_precision(precision_at_recalls(tp, len(gt_xy)), min_recall, min_precision)
+    return average_precision(precision_at_recalls(tp, len(np.asarray(gt_xy))), min_recall, min_precision)
 
 
 def mean_ap(gt: dict, predictions: dict, num_classes: int, thresholds=THRESHOLDS) -> dict:
@@ -122,11 +134,13 @@ def mean_ap(gt: dict, predictions: dict, num_classes: int, thresholds=THRESHOLDS
     for name, labels in (("gt", gt_label), ("predictions", pred_label)):
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"{name} labels must be in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    gt_xy, pred_xy = (np.asarray(t["xy"], dtype=float).reshape(-1, 2) if np.size(t["xy"]) == 0 else np.asarray(t["xy"])
+                      for t in (gt, predictions))
     table = np.zeros((num_classes, len(thresholds)))
     for c in range(num_classes):
         g, p = gt_label == c, pred_label == c
         for t, threshold in enumerate(thresholds):
-            table[c, t] = class_ap(np.asarray(gt["xy"])[g], np.asarray(gt["sample"])[g],
-                                   np.asarray(predictions["xy"])[p], np.asarray(predictions["score"])[p],
+            table[c, t] = class_ap(gt_xy[g], np.asarray(gt["sample"])[g],
+                                   pred_xy[p], np.asarray(predictions["score"])[p],
                                    np.asarray(predictions["sample"])[p], threshold)
     return {"per_class": table.mean(1), "per_class_threshold": table, "mAP": float(table.mean())}
