@@ -1,6 +1,6 @@
 """LOCE's classification equilibrium: the mean classification score and the equilibrium loss.
 
-Feng, Li, Zhang, Wang, Ye. *Exploring Classification Equilibrium in Long-Tailed Object
+Feng, Zhong, Huang. *Exploring Classification Equilibrium in Long-Tailed Object
 Detection.* ICCV 2021, arXiv 2108.07507; official code ``fcjian/LOCE`` (mmdet 2.8).
 
 A detector trained on a long tail classifies the frequent classes well and the rare ones
