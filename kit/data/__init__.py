@@ -12,6 +12,8 @@
 - :mod:`kit.data.finegrained` — classes that differ by one small marker (P30, DCAL).
 - :mod:`kit.data.longtail_scenes` — long-tailed (shape, hue family) classes with LVIS groups and the
   federated annotation (verified negatives, not-exhaustive classes), LVIS json (P09, P16, P02).
+- :mod:`kit.data.bev_scenes` — bird's-eye-view point-cloud scenes with a nuScenes-like long tail (P25);
+  :mod:`kit.data.cbgs` — CBGS's class-balanced resampling by sample membership.
 - :mod:`kit.data.raster` — the drawing maths the generators share: pixel centres, object frames,
   shape tests, HSV colours, textured backgrounds, discs, tight boxes.
 - :mod:`kit.data.dataset` — :class:`~kit.data.dataset.GeneratedDataset`, the base of every

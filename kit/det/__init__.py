@@ -40,4 +40,14 @@ Two-stage detectors
 - ``thundernet`` — ThunderNet: context enhancement, the light RPN, spatial attention, its detector.
 - ``tsd`` — TSD, the OpenImages 2019 winner's decoupling head: Δc / Δr pooling, the sibling head, the progressive constraint.
 - ``adj_nms`` — Gaussian soft-NMS, adj-NMS (hard NMS, then soft-NMS of the survivors), box and score voting.
+
+Long-tailed detection
+
+- ``region_detector`` — the long-tail chapter's detector: a Fast R-CNN second stage on class-agnostic
+  jittered-object proposals, softmax or sigmoid scoring, a pluggable classification loss.
+- ``equalization_loss`` — EQL: sigmoid cross-entropy without the rare classes' discouraging gradients.
+- ``equilibrium_loss`` — LOCE: the mean classification score per class and the equilibrium loss.
+- ``feature_memory`` — LOCE's memory-augmented feature sampling (per-class RoI-feature queues).
+- ``bev_detector``, ``grouped_heads``, ``center_heatmap`` — CBGS: a PointPillars-lite BEV detector,
+  class-balanced grouped heads, centre-heatmap targets, loss and decoding.
 """
