@@ -48,6 +48,8 @@ Long-tailed detection
 - ``equalization_loss`` — EQL: sigmoid cross-entropy without the rare classes' discouraging gradients.
 - ``equilibrium_loss`` — LOCE: the mean classification score per class and the equilibrium loss.
 - ``feature_memory`` — LOCE's memory-augmented feature sampling (per-class RoI-feature queues).
+- ``missing_annotations`` — the LVIS challenge recipe's fix for missing annotations: auxiliary detection boxes as
+  positives, false-background RoIs ignored, EQL with a weight per RoI.
 - ``bev_detector``, ``grouped_heads``, ``center_heatmap`` — CBGS: a PointPillars-lite BEV detector,
   class-balanced grouped heads, centre-heatmap targets, loss and decoding.
 """
