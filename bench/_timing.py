@@ -19,3 +19,12 @@ def time_call(fn, repeats: int = 3, reduce: str = "min") -> float:
         fn()
         times.append(time.perf_counter() - began)
     return min(times) if reduce == "min" else statistics.median(times)
+
+
+def loss_forward_backward(loss, logits, labels):
+    """A call for :func:`time_call`: one forward and one backward of ``loss(logits, labels)``
+    (``logits`` a leaf with ``requires_grad``; its gradient is cleared first)."""
+    def call():
+        logits.grad = None
+        loss(logits, labels).backward()
+    return call

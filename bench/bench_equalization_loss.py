@@ -17,16 +17,9 @@ import kit
 from kit.data.longtail_scenes import LongTailSceneConfig, generate
 from kit.det import equalization_loss as eql
 from kit.det.region_detector import RegionDetector, region_proposals
-from _timing import time_call  # bench/_timing.py, beside this script
+from _timing import loss_forward_backward, time_call  # bench/_timing.py, beside this script
 
 ROIS, CLASSES = 2048, 30
-
-
-def forward_backward(loss, logits, labels):
-    def call():
-        logits.grad = None
-        loss(logits, labels).backward()
-    return call
 
 
 def bench_losses(generator):
@@ -44,7 +37,7 @@ def bench_losses(generator):
     print(f"Classification losses, {ROIS} RoIs x {CLASSES} classes, forward + backward")
     baseline = None
     for name, loss, logits in rows:
-        ms = 1000 * time_call(forward_backward(loss, logits, labels), repeats=20)
+        ms = 1000 * time_call(loss_forward_backward(loss, logits, labels), repeats=20)
         baseline = baseline or ms
         print(f"  {name:<30} {ms:>7.3f} ms   {ms / baseline:>5.1f}x torch cross-entropy")
     ms = 1000 * time_call(lambda: eql.class_gradients(sig, labels, eql.eql_weights(labels, frequency, 0.02)), repeats=20)

@@ -17,14 +17,7 @@ import torch.nn.functional as F
 import kit
 from kit.det.equilibrium_loss import MeanScore, equilibrium_loss, instance_mean_scores
 from kit.det.feature_memory import FeatureMemory, sampling_probabilities
-from _timing import time_call  # bench/_timing.py, beside this script
-
-
-def forward_backward(loss, logits, labels):
-    def call():
-        logits.grad = None
-        loss(logits, labels).backward()
-    return call
+from _timing import loss_forward_backward, time_call  # bench/_timing.py, beside this script
 
 
 def bench_losses(generator):
@@ -32,8 +25,8 @@ def bench_losses(generator):
         logits = torch.randn(rows, columns, generator=generator, requires_grad=True)
         labels = torch.randint(0, columns, (rows,), generator=generator)
         m = torch.rand(columns, generator=generator) * 0.5 + 0.01
-        ce = 1000 * time_call(forward_backward(F.cross_entropy, logits, labels), repeats=20)
-        ebl = 1000 * time_call(forward_backward(lambda z, y: equilibrium_loss(z, y, m), logits, labels), repeats=20)
+        ce = 1000 * time_call(loss_forward_backward(F.cross_entropy, logits, labels), repeats=20)
+        ebl = 1000 * time_call(loss_forward_backward(lambda z, y: equilibrium_loss(z, y, m), logits, labels), repeats=20)
         print(f"Loss, logits ({rows}, {columns}), forward + backward")
         print(f"  cross-entropy (torch)    {ce:>8.3f} ms")
         print(f"  equilibrium loss (kit)   {ebl:>8.3f} ms   {ebl / ce:>5.1f}x cross-entropy")

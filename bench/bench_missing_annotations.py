@@ -18,16 +18,9 @@ import torch.nn.functional as F
 import kit
 from kit.det.equalization_loss import binary_targets, equalization_loss, sigmoid_cross_entropy
 from kit.det.missing_annotations import ignore_weights, weighted_equalization_loss
-from _timing import time_call  # bench/_timing.py, beside this script
+from _timing import loss_forward_backward, time_call  # bench/_timing.py, beside this script
 
 ROIS, CLASSES = 2048, 30
-
-
-def forward_backward(loss, logits, labels):
-    def call():
-        logits.grad = None
-        loss(logits, labels).backward()
-    return call
 
 
 def bench_losses(generator):
@@ -47,7 +40,7 @@ def bench_losses(generator):
     print(f"Losses, logits ({ROIS}, {CLASSES}), forward + backward")
     baseline = None
     for name, loss in losses.items():
-        ms = 1000 * time_call(forward_backward(loss, logits, labels), repeats=20)
+        ms = 1000 * time_call(loss_forward_backward(loss, logits, labels), repeats=20)
         baseline = baseline or ms
         print(f"  {name:<24} {ms:>8.3f} ms   {ms / baseline:>5.1f}x torch BCE")
 

@@ -20,7 +20,7 @@ import kit
 from kit.hpo.truncated_normal_ppo import TruncatedNormalPolicy
 from kit.seg.auto_seg_loss import OFFICIAL_BF1_CONTROL_POINTS, OFFICIAL_MIOU_CONTROL_POINTS, auto_seg_loss
 from kit.seg.seg_losses import dice_loss, lovasz_softmax
-from _timing import time_call  # bench/_timing.py, beside this script
+from _timing import loss_forward_backward, time_call  # bench/_timing.py, beside this script
 
 SHAPE = (8, 6, 64, 64)
 LOSSES = {
@@ -32,13 +32,6 @@ LOSSES = {
 }
 
 
-def forward_backward(loss, logits, labels):
-    def call():
-        logits.grad = None
-        loss(logits, labels).backward()
-    return call
-
-
 def bench_losses(generator):
     logits = torch.randn(*SHAPE, generator=generator, requires_grad=True)
     labels = torch.randint(0, SHAPE[1], (SHAPE[0], *SHAPE[2:]), generator=generator)
@@ -46,7 +39,7 @@ def bench_losses(generator):
     print(f"Losses, logits {SHAPE}, forward + backward")
     baseline = None
     for name, loss in LOSSES.items():
-        ms = 1000 * time_call(forward_backward(loss, logits, labels), repeats=5)
+        ms = 1000 * time_call(loss_forward_backward(loss, logits, labels), repeats=5)
         baseline = baseline or ms
         print(f"  {name:<24} {ms:>8.2f} ms   {ms / baseline:>5.1f}x cross-entropy")
 
